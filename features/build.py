@@ -1,0 +1,595 @@
+"""The feature job: validated events -> per-customer snapshots at cutoff dates, split by time.
+
+For each customer at each cutoff: the last `max_len` events before the cutoff, encoded by
+`features.encoder.encode_prepared` (the one encoder), aggregates, and hindsight labels. Memory stays flat
+as data grows because customers are streamed in buckets: a first pass hashes each event's customer to a
+bucket and spills it there, and each bucket is then processed whole, by the same `process_bucket`
+function in both engines (pandas in this process, or Spark's `groupBy(bucket).applyInPandas`).
+
+Output layout (`out/`):
+    rows/part-*.parquet   one row per (customer, cutoff) with a `split` column (train / valid / test)
+    vocab.json            vocabularies fitted on the training window only
+    manifest.json         row counts, vocabulary sizes, date ranges, the input's digest, the config
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import yaml
+
+from features.encoder import (
+    AGGREGATE_NAMES,
+    TOKEN_FIELDS,
+    EncoderConfig,
+    PreparedEvents,
+    encode_prepared,
+    prepare,
+    to_epoch_ms,
+    token_sizes,
+)
+from features.labels import DECISION_COLUMNS, LabelConfig, hindsight_labels
+from features.progress import progress_bar
+from features.schema import REQUIRED_COLUMNS, EventSchemaError
+from features.vocab import FITTED_FIELDS, Vocabulary
+
+log = logging.getLogger(__name__)
+
+Engine = Literal["pandas", "spark"]
+SPLITS = ("train", "valid", "test")
+EVENT_READ_COLUMNS = (
+    "customer_id",
+    "ts",
+    "event_type",
+    "channel",
+    "item_id",
+    "category",
+    "value",
+    "message_type",
+)
+DICTIONARY_COLUMNS = ("customer_id", "event_type", "channel", "item_id", "category", "message_type")
+DAY = pd.Timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Settings of one features build; load with `from_yaml` and CLI overrides, logged whole.
+
+    Attributes:
+        cutoff_every_days: days between cutoffs.
+        warmup_days: the first cutoff comes this long after the first event (unless `first_cutoff`).
+        first_cutoff: date of the first cutoff (ISO); cutoffs are at midnight UTC.
+        test_start: first test cutoff (ISO date); default: the last `n_test_cutoffs` labelled cutoffs.
+        valid_start: first validation cutoff; default: the last `n_valid_cutoffs` cutoffs whose label
+            window ends before the test starts.
+        active_within_days: a customer gets a row at a cutoff when active (any event) in this many days
+            before it, or when a decision was logged for them at the cutoff.
+        item_min_count: items seen fewer times in the training window map to out-of-vocabulary.
+        bucket_events: target events per bucket (sets the number of buckets, and so the memory).
+        n_buckets: fixed number of buckets instead.
+        workers: processes of the pandas engine (0: one per core).
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    labels: LabelConfig = field(default_factory=LabelConfig)
+    cutoff_every_days: int = 7
+    warmup_days: int = 28
+    first_cutoff: str | None = None
+    test_start: str | None = None
+    valid_start: str | None = None
+    n_test_cutoffs: int = 2
+    n_valid_cutoffs: int = 2
+    active_within_days: int = 60
+    item_min_count: int = 1
+    max_items: int = 1_000_000
+    bucket_events: int = 2_000_000
+    n_buckets: int | None = None
+    workers: int = 0
+    batch_rows: int = 1_000_000
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
+        """Builds a config from nested dicts, naming any unknown key."""
+        data = dict(data)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown build setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        enc = _sub(EncoderConfig, data.pop("encoder", {}) or {}, "encoder")
+        lab = data.pop("labels", {}) or {}
+        if "purchase_horizons" in lab:
+            lab["purchase_horizons"] = tuple(lab["purchase_horizons"])
+        return cls(encoder=enc, labels=_sub(LabelConfig, lab, "labels"), **data)
+
+    @classmethod
+    def from_yaml(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> BuildConfig:
+        """Reads YAML (optional) and applies dotted overrides such as {"encoder.max_len": 30}."""
+        data: dict[str, Any] = yaml.safe_load(path.read_text()) or {} if path else {}
+        for dotted, value in (overrides or {}).items():
+            target = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                target = target.setdefault(p, {})
+            target[leaf] = value
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _sub(kind: type, data: dict[str, Any], name: str) -> Any:
+    known = {f.name for f in fields(kind)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(
+            f"unknown {name} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+        )
+    return kind(**data)
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Cutoff dates per split (midnight UTC)."""
+
+    cutoffs: dict[str, list[pd.Timestamp]]
+
+    @property
+    def valid_start(self) -> pd.Timestamp:
+        """Start of the validation window: vocabularies see only events before it."""
+        later = [c for s in ("valid", "test") for c in self.cutoffs[s]]
+        return min(later) if later else max(self.cutoffs["train"]) + DAY
+
+    def frame(self) -> pd.DataFrame:
+        rows = [(c, s) for s in SPLITS for c in self.cutoffs[s]]
+        return pd.DataFrame(rows, columns=["cutoff", "split"])
+
+    def to_json(self) -> dict[str, list[str]]:
+        return {s: [c.date().isoformat() for c in cs] for s, cs in self.cutoffs.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, list[str]]) -> SplitPlan:
+        return cls({s: [pd.Timestamp(c, tz="UTC") for c in cs] for s, cs in data.items()})
+
+
+def plan_splits(first_ts: pd.Timestamp, last_ts: pd.Timestamp, config: BuildConfig) -> SplitPlan:
+    """Places cutoffs every `cutoff_every_days` and splits them by time.
+
+    Only cutoffs whose whole label window lies inside the data are kept. Test cutoffs are the last ones;
+    validation cutoffs end their label window before the first test cutoff, so a test label never
+    overlaps an input or a label the model was selected on. Training cutoffs come before validation.
+    """
+    horizon = pd.Timedelta(days=config.labels.horizon_days)
+    every = pd.Timedelta(days=config.cutoff_every_days)
+    start = (
+        pd.Timestamp(config.first_cutoff, tz="UTC")
+        if config.first_cutoff
+        else (first_ts + pd.Timedelta(days=config.warmup_days)).ceil("D")
+    )
+    # Labels need the whole horizon: the data ends at the end of the last event's day.
+    end = last_ts.floor("D") + DAY
+    cutoffs = list(pd.date_range(start, end - horizon, freq=every))
+    if not cutoffs:
+        raise ValueError(
+            f"no cutoff fits: events span {first_ts.date()} .. {last_ts.date()}, but the first cutoff is "
+            f"{start.date()} and labels need {horizon.days} days after it"
+        )
+    if config.test_start:
+        test_start = pd.Timestamp(config.test_start, tz="UTC")
+        test = [c for c in cutoffs if c >= test_start]
+    else:
+        test = cutoffs[-config.n_test_cutoffs :]
+        test_start = test[0]
+    before = [c for c in cutoffs if c + horizon <= test_start]
+    if config.valid_start:
+        valid_start = pd.Timestamp(config.valid_start, tz="UTC")
+        valid = [c for c in before if c >= valid_start]
+    else:
+        valid = before[-config.n_valid_cutoffs :]
+        valid_start = valid[0] if valid else test_start
+    train = [c for c in before if c < valid_start]
+    if not train or not test:
+        raise ValueError(
+            f"events from {first_ts.date()} to {last_ts.date()} leave no room for train and test cutoffs "
+            f"(horizon {horizon.days} days, every {every.days} days): "
+            f"train {len(train)}, valid {len(valid)}, test {len(test)}"
+        )
+    return SplitPlan({"train": train, "valid": valid, "test": test})
+
+
+@dataclass
+class BucketContext:
+    """What each bucket needs besides its events: shipped to workers and Spark executors."""
+
+    vocab_json: str
+    plan: dict[str, list[str]]
+    config: dict[str, Any]
+
+
+def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: BucketContext) -> pa.Table:
+    """Encodes and labels every (customer, cutoff) row of one bucket of customers.
+
+    The per-bucket function of both engines. A customer gets a row at a cutoff when active in the
+    `active_within_days` before it or when a decision was logged for them at that cutoff.
+    """
+    config = BuildConfig.from_dict(ctx.config)
+    vocab = Vocabulary.from_json(ctx.vocab_json)
+    plan = SplitPlan.from_json(ctx.plan).frame()
+    if decisions is not None and decisions.empty:
+        decisions = None
+    prep = prepare(events, vocab)
+    cutoffs = _candidate_rows(prep, plan, config, decisions)
+    batch = encode_prepared(prep, cutoffs, config.encoder)
+    labels = hindsight_labels(prep, cutoffs, config.labels, decisions)
+
+    L = config.encoder.max_len
+    columns: dict[str, pa.Array] = {
+        "customer_id": pa.array(cutoffs["customer_id"].to_numpy(dtype=object), pa.string()),
+        "cutoff": pa.array(cutoffs["cutoff"].to_numpy(), pa.timestamp("us", tz="UTC")),
+        "split": pa.array(cutoffs["split"].to_numpy(dtype=object), pa.string()),
+        "seq_len": pa.array(batch.length, pa.int32()),
+    }
+    offsets = pa.array(np.arange(0, (len(cutoffs) + 1) * L, L, dtype=np.int32))
+    for name in TOKEN_FIELDS:
+        columns[f"tok_{name}"] = pa.ListArray.from_arrays(offsets, pa.array(batch.tokens[name].reshape(-1)))
+    for name in AGGREGATE_NAMES:
+        columns[name] = pa.array(batch.aggregates[name], pa.float64())
+    columns.update(labels)
+    return pa.table(columns)
+
+
+def _candidate_rows(
+    prep: PreparedEvents, plan: pd.DataFrame, config: BuildConfig, decisions: pd.DataFrame | None
+) -> pd.DataFrame:
+    """(customer, cutoff, split) rows: customers active before the cutoff, or with a decision at it."""
+    n_c, n_t = len(prep.customers), len(plan)
+    cust = np.repeat(np.arange(n_c, dtype=np.int64), n_t)
+    cut = np.tile(plan["cutoff"].to_numpy(), n_c)
+    t_ms = np.tile(to_epoch_ms(plan["cutoff"]), n_c)
+    window = config.active_within_days * 86_400_000
+    active = prep.search(cust, t_ms) > np.maximum(prep.search(cust, t_ms - window), prep.starts(cust))
+    rows = pd.DataFrame(
+        {"customer_id": prep.customers[cust], "cutoff": cut, "split": np.tile(plan["split"], n_c)}
+    )
+    keep = active
+    if decisions is not None:
+        d = pd.DataFrame(
+            {
+                "customer_id": decisions["customer_id"].astype(str),
+                "d": pd.to_datetime(decisions["ts"], utc=True),
+            }
+        )
+        d["cutoff"] = d["d"].dt.floor(f"{config.labels.decision_window_days}D")
+        logged = rows.merge(d[["customer_id", "cutoff"]].drop_duplicates(), how="left", indicator=True)
+        keep = keep | (logged["_merge"] == "both").to_numpy()
+    rows = rows[keep].reset_index(drop=True)
+    rows["cutoff"] = pd.to_datetime(rows["cutoff"], utc=True)
+    return rows
+
+
+@dataclass
+class Manifest:
+    """What a build made, written as `manifest.json` beside the rows."""
+
+    data: dict[str, Any]
+
+    def save(self, out: Path) -> None:
+        (out / "manifest.json").write_text(json.dumps(self.data, indent=2, default=str))
+
+    @classmethod
+    def load(cls, out: Path) -> Manifest:
+        return cls(json.loads((out / "manifest.json").read_text()))
+
+
+def input_files(path: Path) -> list[Path]:
+    """The Parquet files of an events (or decisions) input: one file or a folder of them."""
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*.parquet") if p.is_file())
+        if not files:
+            raise FileNotFoundError(f"{path}: no .parquet files in this folder")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    return [path]
+
+
+def digest(files: list[Path]) -> str:
+    """sha256 over the files' bytes, in name order: the input's identity in the manifest."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _dataset(files: list[Path], what: str) -> ds.Dataset:
+    dataset = ds.dataset([str(f) for f in files], format="parquet")
+    missing = [c for c in REQUIRED_COLUMNS if c not in dataset.schema.names]
+    if what == "decisions":
+        missing = [c for c in DECISION_COLUMNS if c not in dataset.schema.names]
+    if missing:
+        raise EventSchemaError(f"{what} {files[0].parent}: missing column(s) {', '.join(missing)}")
+    return dataset
+
+
+def build_features(
+    events: Path,
+    out: Path,
+    config: BuildConfig | None = None,
+    *,
+    decisions: Path | None = None,
+    engine: Engine = "pandas",
+    spark_master: str = "local[2]",
+    progress: bool = True,
+) -> Manifest:
+    """Runs the feature job and writes rows, vocabulary and manifest to `out`.
+
+    Args:
+        events: validated events: a Parquet file or a folder of them (from `journey ingest` or
+            `journey simulate`).
+        out: output folder (replaced if it holds an earlier build).
+        config: build settings.
+        decisions: optional decision log (Parquet) whose sends become the logged-action labels.
+        engine: "pandas" (one machine) or "spark".
+        spark_master: Spark master URL for the Spark engine.
+        progress: show progress bars.
+    """
+    config = config or BuildConfig()
+    started = time.perf_counter()
+    event_files = input_files(events)
+    decision_files = input_files(decisions) if decisions else []
+    ev = _dataset(event_files, "events")
+    n_events = ev.count_rows()
+    if n_events == 0:
+        raise ValueError(f"{events}: no events")
+    first_ts, last_ts = _time_range(ev)
+    plan = plan_splits(first_ts, last_ts, config)
+    n_buckets = config.n_buckets or max(1, math.ceil(n_events / config.bucket_events))
+    log.info("%d events from %s to %s, %d buckets", n_events, first_ts, last_ts, n_buckets)
+
+    if out.exists():
+        shutil.rmtree(out / "rows", ignore_errors=True)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    if engine == "pandas":
+        vocab, rows = _run_pandas(ev, decision_files, out, plan, config, n_buckets, progress)
+    elif engine == "spark":
+        from features.spark_engine import run_spark
+
+        vocab, rows = run_spark(event_files, decision_files, out, plan, config, n_buckets, spark_master)
+    else:
+        raise ValueError(f"engine must be pandas or spark, not {engine!r}")
+    vocab.save(out / "vocab.json")
+    seconds = time.perf_counter() - started
+    manifest = Manifest(
+        {
+            "created_at": pd.Timestamp.now(tz="UTC").isoformat(),
+            "engine": engine,
+            "input": {
+                "events": str(events),
+                "files": [str(f) for f in event_files],
+                "digest": digest(event_files),
+                "n_events": n_events,
+                "first_ts": first_ts.isoformat(),
+                "last_ts": last_ts.isoformat(),
+                "decisions": str(decisions) if decisions else None,
+                "decisions_digest": digest(decision_files) if decision_files else None,
+            },
+            "cutoffs": plan.to_json(),
+            "vocab_window_end": plan.valid_start.isoformat(),
+            "rows": rows,
+            "vocab_sizes": vocab.sizes(),
+            "token_sizes": token_sizes(vocab),
+            "token_fields": list(TOKEN_FIELDS),
+            "aggregates": list(AGGREGATE_NAMES),
+            "n_buckets": n_buckets,
+            "seconds": round(seconds, 3),
+            "events_per_second": round(n_events / seconds, 1),
+            "config": config.to_dict(),
+        }
+    )
+    manifest.save(out)
+    return manifest
+
+
+def _time_range(ev: ds.Dataset) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """First and last event time, streamed (naive timestamps are taken as UTC)."""
+    lows, highs = [], []
+    for batch in ev.to_batches(columns=["ts"], batch_size=4_000_000):
+        mm = pc.min_max(batch.column(0))
+        if mm["min"].is_valid:
+            lows.append(pd.Timestamp(mm["min"].as_py()))
+            highs.append(pd.Timestamp(mm["max"].as_py()))
+    if not lows:
+        raise ValueError("events: every ts is empty")
+    return _utc(min(lows)), _utc(max(highs))
+
+
+def _utc(ts: pd.Timestamp) -> pd.Timestamp:
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def bucket_of(customer_ids: pa.Array, n_buckets: int) -> np.ndarray:
+    """Stable bucket of each customer id (hashing each distinct id once)."""
+    arr = customer_ids if pa.types.is_dictionary(customer_ids.type) else pc.dictionary_encode(customer_ids)
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks()
+    dictionary = arr.dictionary.to_numpy(zero_copy_only=False).astype(object)
+    hashed = pd.util.hash_array(dictionary) % np.uint64(n_buckets)
+    return hashed.astype(np.int32)[arr.indices.to_numpy(zero_copy_only=False)]
+
+
+def _run_pandas(
+    ev: ds.Dataset,
+    decision_files: list[Path],
+    out: Path,
+    plan: SplitPlan,
+    config: BuildConfig,
+    n_buckets: int,
+    progress: bool,
+) -> tuple[Vocabulary, dict[str, int]]:
+    spill = Path(tempfile.mkdtemp(prefix="journey-buckets-", dir=out))
+    try:
+        counts = _spill(ev, spill, "events", n_buckets, config.batch_rows, plan.valid_start, progress)
+        if decision_files:
+            _spill(_dataset(decision_files, "decisions"), spill, "decisions", n_buckets, config.batch_rows)
+        vocab = Vocabulary.fit(
+            counts, min_count=config.item_min_count, max_size={"item_id": config.max_items}
+        )
+        ctx = BucketContext(vocab.to_json(), plan.to_json(), config.to_dict())
+        rows = dict.fromkeys(SPLITS, 0)
+        workers = min(config.workers or os.cpu_count() or 1, n_buckets)
+        jobs = [(spill, b, out / "rows" / f"part-{b:05d}.parquet", ctx) for b in range(n_buckets)]
+        with progress_bar(progress, "encoding buckets", total=n_buckets) as advance:
+            results: Iterator[dict[str, int]]
+            if workers > 1:
+                pool = ProcessPoolExecutor(max_workers=workers)
+                results = pool.map(_bucket_job, *zip(*jobs, strict=True))
+            else:
+                pool = None
+                results = (_bucket_job(*job) for job in jobs)
+            for counted in results:
+                for split, n in counted.items():
+                    rows[split] += n
+                advance(1)
+            if pool:
+                pool.shutdown()
+        return vocab, rows
+    finally:
+        shutil.rmtree(spill, ignore_errors=True)
+
+
+def _spill(
+    dataset: ds.Dataset,
+    spill: Path,
+    kind: str,
+    n_buckets: int,
+    batch_rows: int,
+    vocab_end: pd.Timestamp | None = None,
+    progress: bool = False,
+) -> dict[str, pd.Series]:
+    """Streams the input once, writing each row to its bucket's file; counts vocabulary tokens."""
+    writers: dict[int, pa.ipc.RecordBatchStreamWriter] = {}
+    counts: dict[str, pd.Series] = {}
+    names = [
+        c for c in (EVENT_READ_COLUMNS if kind == "events" else DECISION_COLUMNS) if c in dataset.schema.names
+    ]
+    total = dataset.count_rows()
+    schema: pa.Schema | None = None
+    with progress_bar(progress, "bucketing events", total=total) as advance:
+        for batch in dataset.to_batches(columns=names, batch_size=batch_rows):
+            table = _normalise(pa.Table.from_batches([batch]), kind)
+            if schema is None:
+                schema = table.schema
+            table = table.cast(schema)
+            bucket = bucket_of(table.column("customer_id").combine_chunks(), n_buckets)
+            order = np.argsort(bucket, kind="stable")
+            sorted_table = table.take(pa.array(order))
+            bounds = np.searchsorted(bucket[order], np.arange(n_buckets + 1))
+            for b in range(n_buckets):
+                lo, hi = bounds[b], bounds[b + 1]
+                if hi > lo:
+                    if b not in writers:
+                        writers[b] = pa.ipc.new_stream(str(spill / f"{kind}-{b:05d}.arrow"), schema)
+                    writers[b].write_table(sorted_table.slice(lo, hi - lo))
+            if vocab_end is not None:
+                before = pc.less(
+                    table.column("ts"), pa.scalar(vocab_end.to_pydatetime(), table.column("ts").type)
+                )
+                window = table.filter(before)
+                for name in FITTED_FIELDS:
+                    if name in window.column_names:
+                        vc = pc.value_counts(window.column(name).combine_chunks().cast(pa.string()))
+                        s = pd.Series(vc.field("counts").to_numpy(), index=vc.field("values").to_pandas())
+                        s = s[s.index.notna()]
+                        counts[name] = s if name not in counts else counts[name].add(s, fill_value=0)
+            advance(len(batch))
+    for w in writers.values():
+        w.close()
+    return counts
+
+
+def _normalise(table: pa.Table, kind: str) -> pa.Table:
+    """Plain strings become dictionaries (cheap to hash and to bucket); timestamps become UTC."""
+    cols = []
+    for name in table.column_names:
+        col = table.column(name)
+        if name in DICTIONARY_COLUMNS and not pa.types.is_dictionary(col.type):
+            col = pc.dictionary_encode(col.cast(pa.string()))
+        if name == "ts" and kind in ("events", "decisions"):
+            col = col.cast(pa.timestamp("us", tz="UTC"))
+        cols.append(col)
+    table = pa.table(cols, names=table.column_names)
+    # Dictionaries of different batches differ: unify them so that one stream schema fits all.
+    return table.unify_dictionaries() if kind == "events" else table
+
+
+def _read_spill(path: Path) -> pd.DataFrame | None:
+    if not path.exists():
+        return None
+    with pa.ipc.open_stream(str(path)) as reader:
+        table = reader.read_all()
+    return table.to_pandas()
+
+
+def _bucket_job(spill: Path, bucket: int, target: Path, ctx: BucketContext) -> dict[str, int]:
+    events = _read_spill(spill / f"events-{bucket:05d}.arrow")
+    if events is None:
+        return {}
+    decisions = _read_spill(spill / f"decisions-{bucket:05d}.arrow")
+    table = process_bucket(events, decisions, ctx)
+    pq.write_table(table, target)
+    splits = table.column("split").to_pandas().value_counts()
+    return {str(k): int(v) for k, v in splits.items()}
+
+
+def load_rows(out: Path, split: str | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Reads a build's rows (one split or all), sorted by customer and cutoff."""
+    dataset = ds.dataset(str(out / "rows"), format="parquet")
+    flt = pc.field("split") == split if split else None
+    table = dataset.to_table(columns=columns, filter=flt)
+    if "customer_id" in table.column_names and "cutoff" in table.column_names:
+        table = table.sort_by([("customer_id", "ascending"), ("cutoff", "ascending")])
+    return table
+
+
+def with_overrides(config: BuildConfig, **changes: Any) -> BuildConfig:
+    """A copy of the config with top-level fields changed."""
+    return replace(config, **changes)
+
+
+def format_manifest(manifest: Manifest) -> str:
+    """A few lines for the terminal: what the build read and wrote."""
+    d = manifest.data
+    cut = d["cutoffs"]
+    lines = [
+        f"read {d['input']['n_events']:,} events "
+        f"({d['input']['first_ts'][:10]} .. {d['input']['last_ts'][:10]}), "
+        f"digest {d['input']['digest'][:12]}",
+        "rows: " + ", ".join(f"{s} {d['rows'].get(s, 0):,}" for s in SPLITS),
+        "cutoffs: " + ", ".join(f"{s} {cut[s][0]}..{cut[s][-1]} ({len(cut[s])})" for s in SPLITS if cut[s]),
+        "vocabulary sizes: " + ", ".join(f"{k} {v:,}" for k, v in d["vocab_sizes"].items()),
+        f"engine {d['engine']}, {d['n_buckets']} bucket(s), {d['seconds']:.1f} s, "
+        f"{d['events_per_second']:,.0f} events/s",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,362 @@
+"""The one encoder: a customer's events before a cutoff -> model input.
+
+The batch feature job calls `encode` on a bucket of customers and the online scorer calls it on one
+customer; the output for a customer depends only on that customer's events, so both paths give the same
+arrays (a test proves it). Everything is vectorised over all events of all customers passed in.
+
+Point-in-time rule: the inputs for cutoff `t` use only events with `ts < t` (strictly before).
+
+How it works: events are sorted by (customer, ts) and given a combined integer key, so that for any
+(customer, time) pair `np.searchsorted` finds the first event at or after that time. Window counts are
+then differences of prefix sums, and the last `max_len` events are a gather of the positions before it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from features.schema import EVENT_TYPES, SHOP_SENT_EVENTS, EventType
+from features.vocab import FIRST, PAD, Vocabulary
+
+MS_PER_DAY = 86_400_000
+
+# Token fields of each event in the sequence, in this order.
+TOKEN_FIELDS: tuple[str, ...] = (
+    "event_type",
+    "item_id",
+    "category",
+    "channel",
+    "message_type",
+    "dt_bucket",
+    "hour",
+    "weekday",
+    "value_bucket",
+)
+# Time since the previous event of the same customer, in seconds: bucket edges (log-spaced).
+DT_EDGES_S = np.array([60, 300, 1_800, 3_600, 3 * 3_600, 12 * 3_600, 86_400, 3 * 86_400, 7 * 86_400,
+                       14 * 86_400, 30 * 86_400, 90 * 86_400], dtype=np.int64)  # fmt: skip
+# Money value edges; bucket FIRST means "no value".
+VALUE_EDGES = np.array([1, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000], dtype=np.float64)
+
+# Aggregates: (name, event types counted, window in days or None for all history).
+_ET = EventType
+COUNT_AGGREGATES: tuple[tuple[str, frozenset[str] | None, int | None], ...] = (
+    ("n_events", None, None),
+    ("n_events_28d", None, 28),
+    ("n_purchases", frozenset({_ET.PURCHASE}), None),
+    ("n_purchases_90d", frozenset({_ET.PURCHASE}), 90),
+    ("n_refunds", frozenset({_ET.REFUND}), None),
+    ("n_product_views_7d", frozenset({_ET.PRODUCT_VIEW}), 7),
+    ("n_product_views_28d", frozenset({_ET.PRODUCT_VIEW}), 28),
+    ("n_searches_28d", frozenset({_ET.SEARCH}), 28),
+    ("n_carts_7d", frozenset({_ET.ADD_TO_CART}), 7),
+    ("n_carts_28d", frozenset({_ET.ADD_TO_CART}), 28),
+    ("n_checkouts_28d", frozenset({_ET.CHECKOUT_START}), 28),
+    ("n_email_opens_28d", frozenset({_ET.EMAIL_OPEN}), 28),
+    ("n_email_clicks_28d", frozenset({_ET.EMAIL_CLICK}), 28),
+    ("emails_received_7d", frozenset({_ET.EMAIL_SENT}), 7),
+    ("emails_received_28d", frozenset({_ET.EMAIL_SENT}), 28),
+)
+AGGREGATE_NAMES: tuple[str, ...] = (
+    *(name for name, _, _ in COUNT_AGGREGATES),
+    "monetary",
+    "recency_days",
+    "tenure_days",
+    "days_since_last_purchase",
+    "days_since_last_email",
+    "open_cart",
+    "email_consent",
+)
+# Days reported when something never happened (recency of a customer with no activity, ...).
+NEVER_DAYS = 365.0
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How sequences are cut and tokenised.
+
+    Attributes:
+        max_len: events kept per sequence (the most recent ones, left-padded).
+    """
+
+    max_len: int = 50
+
+
+@dataclass
+class PreparedEvents:
+    """Events of some customers sorted by (customer, ts), with their tokens and search keys.
+
+    Build it with `prepare`; both `encode_prepared` and the hindsight labels read it.
+    """
+
+    customers: np.ndarray  # (n_customers,) sorted unique customer ids (object)
+    cust: np.ndarray  # (n_events,) int64 index into `customers`
+    ts_ms: np.ndarray  # (n_events,) int64 epoch milliseconds
+    key: np.ndarray  # (n_events,) int64, increasing: cust * span + (ts_ms - base)
+    base: int
+    span: int
+    event_type: np.ndarray  # (n_events,) int16 index into EVENT_TYPES, -1 for none
+    tokens: dict[str, np.ndarray]  # field -> (n_events,) int32 token
+    value: np.ndarray  # (n_events,) float64, NaN where none
+    item_token: np.ndarray  # (n_events,) int32 item vocabulary index
+
+    @property
+    def n_events(self) -> int:
+        return len(self.ts_ms)
+
+    def customer_codes(self, customer_ids: pd.Series) -> np.ndarray:
+        """Index of each id in `customers`, -1 for a customer without events."""
+        ids = customer_ids.astype(str).to_numpy(dtype=object)
+        if len(self.customers) == 0:
+            return np.full(len(ids), -1, dtype=np.int64)
+        pos = np.searchsorted(self.customers, ids)
+        pos = np.minimum(pos, len(self.customers) - 1)
+        found = self.customers[pos] == ids
+        return np.where(found, pos, -1).astype(np.int64)
+
+    def search(self, cust: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
+        """Position of the first event of customer `cust` at or after `t_ms` (vectorised).
+
+        Customers without events (code -1) get position 0 with an empty range; callers pair this with
+        `starts` so that their counts are zero.
+        """
+        t = np.clip(t_ms - self.base, -1, self.span - 1)
+        keys = np.where(cust >= 0, cust * self.span + t, -(2**62))
+        pos = np.searchsorted(self.key, keys, side="left")
+        return np.where(cust >= 0, pos, 0)
+
+    def starts(self, cust: np.ndarray) -> np.ndarray:
+        """Position of each customer's first event (0 for unknown customers)."""
+        return np.where(cust >= 0, self.search(cust, np.full(len(cust), self.base - 1)), 0)
+
+
+def prepare(events: pd.DataFrame, vocab: Vocabulary) -> PreparedEvents:
+    """Sorts and tokenises events once, for encoding and labelling at many cutoffs.
+
+    Args:
+        events: validated events (the contract's columns; strings may be categorical), any order,
+            any number of customers.
+        vocab: vocabularies fitted on the training window.
+    """
+    ts_ms = to_epoch_ms(events["ts"])
+    customers, cust = _factorize_sorted(events["customer_id"])
+    # Stable order: customer, time, then input order for ties (events at the same instant).
+    order = np.lexsort((np.arange(len(ts_ms)), ts_ms, cust))
+    cust, ts_ms = cust[order], ts_ms[order]
+    base = int(ts_ms.min()) if len(ts_ms) else 0
+    span = int(ts_ms.max() - base + 2) if len(ts_ms) else 1
+    if len(customers) * span >= 2**62:
+        raise ValueError(
+            f"{len(customers)} customers over {span / MS_PER_DAY:.0f} days do not fit one key; "
+            "use more buckets"
+        )
+    key = cust * span + (ts_ms - base)
+
+    # Index into EVENT_TYPES (the vocabulary's token minus FIRST), -1 for anything else.
+    event_type = (vocab.lookup("event_type", events["event_type"]) - FIRST).astype(np.int16)[order]
+    tokens: dict[str, np.ndarray] = {}
+    for name in ("event_type", "item_id", "category", "channel", "message_type"):
+        tokens[name] = vocab.lookup(name, events[name])[order] if name in events else _zeros(len(order))
+
+    # Time since the previous event of the same customer; the first event of a customer gets FIRST.
+    dt_s = np.diff(ts_ms, prepend=0) // 1000
+    first = np.ones(len(cust), dtype=bool)
+    first[1:] = cust[1:] != cust[:-1]
+    dt_bucket = np.where(first, FIRST, FIRST + 1 + np.searchsorted(DT_EDGES_S, dt_s, side="right"))
+    tokens["dt_bucket"] = dt_bucket.astype(np.int32)
+    ts = pd.to_datetime(ts_ms, unit="ms", utc=True)
+    tokens["hour"] = (ts.hour.to_numpy() + 1).astype(np.int32)  # 1..24, 0 is padding
+    tokens["weekday"] = (ts.weekday.to_numpy() + 1).astype(np.int32)  # 1..7
+    value = (
+        pd.to_numeric(events["value"], errors="coerce").to_numpy(dtype=np.float64)[order]
+        if "value" in events
+        else np.full(len(order), np.nan)
+    )
+    value_bucket = np.where(
+        np.isnan(value), FIRST, FIRST + 1 + np.searchsorted(VALUE_EDGES, np.abs(np.nan_to_num(value)))
+    )
+    tokens["value_bucket"] = value_bucket.astype(np.int32)
+    return PreparedEvents(
+        customers=customers,
+        cust=cust,
+        ts_ms=ts_ms,
+        key=key,
+        base=base,
+        span=span,
+        event_type=event_type,
+        tokens=tokens,
+        value=value,
+        item_token=tokens["item_id"],
+    )
+
+
+def token_sizes(vocab: Vocabulary) -> dict[str, int]:
+    """Embedding table size of each token field (padding included)."""
+    sizes = {
+        name: vocab.size(name) for name in ("event_type", "item_id", "category", "channel", "message_type")
+    }
+    sizes.update(
+        dt_bucket=FIRST + 2 + len(DT_EDGES_S),
+        hour=25,
+        weekday=8,
+        value_bucket=FIRST + 2 + len(VALUE_EDGES),
+    )
+    return sizes
+
+
+@dataclass
+class EncodedBatch:
+    """Model input for a batch of (customer, cutoff) rows.
+
+    Attributes:
+        tokens: field -> (n_rows, max_len) int32, left-padded with 0, oldest event first.
+        length: (n_rows,) number of real events in each sequence.
+        aggregates: name -> (n_rows,) float64.
+    """
+
+    tokens: dict[str, np.ndarray]
+    length: np.ndarray
+    aggregates: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+
+def encode(
+    events: pd.DataFrame,
+    cutoffs: pd.DataFrame,
+    vocab: Vocabulary,
+    config: EncoderConfig | None = None,
+) -> EncodedBatch:
+    """Encodes each (customer_id, cutoff) row of `cutoffs` from that customer's events before the cutoff.
+
+    This is the function both the batch feature job and the online scorer call.
+
+    Args:
+        events: validated events of the customers (others are ignored); any order.
+        cutoffs: columns customer_id and cutoff (UTC timestamps); a customer may appear at many cutoffs.
+        vocab: vocabularies fitted on the training window.
+        config: sequence length and tokenisation settings.
+    """
+    return encode_prepared(prepare(events, vocab), cutoffs, config or EncoderConfig())
+
+
+def encode_prepared(prep: PreparedEvents, cutoffs: pd.DataFrame, config: EncoderConfig) -> EncodedBatch:
+    """`encode` on events already passed through `prepare` (the batch job prepares a bucket once)."""
+    cust = prep.customer_codes(cutoffs["customer_id"])
+    t_ms = to_epoch_ms(cutoffs["cutoff"])
+    start = prep.starts(cust)
+    end = prep.search(cust, t_ms)  # first event at or after the cutoff: excluded
+    length = np.minimum(end - start, config.max_len)
+
+    # (n_rows, max_len) positions of the last `max_len` events, oldest first, left-padded.
+    offsets = np.arange(-config.max_len, 0)
+    pos = end[:, None] + offsets[None, :]
+    valid = pos >= (end - length)[:, None]
+    pos = np.where(valid, pos, 0)
+    tokens = {}
+    for name in TOKEN_FIELDS:
+        column = prep.tokens[name]
+        gathered = column[pos] if len(column) else np.zeros(pos.shape, dtype=np.int32)
+        tokens[name] = np.where(valid, gathered, PAD).astype(np.int32)
+    aggregates = _aggregates(prep, cust, start, end, t_ms)
+    return EncodedBatch(tokens=tokens, length=length.astype(np.int32), aggregates=aggregates)
+
+
+def _aggregates(
+    prep: PreparedEvents, cust: np.ndarray, start: np.ndarray, end: np.ndarray, t_ms: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Recency, frequency, monetary value and engagement counts before each cutoff."""
+    et = prep.event_type
+    activity = ~np.isin(et, [EVENT_TYPES.index(e) for e in SHOP_SENT_EVENTS])
+    out: dict[str, np.ndarray] = {}
+    for name, types, days in COUNT_AGGREGATES:
+        mask = activity if types is None else np.isin(et, [EVENT_TYPES.index(e) for e in types])
+        csum = prefix_sum(mask.astype(np.int64))
+        lo = start if days is None else np.maximum(start, prep.search(cust, t_ms - days * MS_PER_DAY))
+        out[name] = (csum[end] - csum[lo]).astype(np.float64)
+
+    purchase = et == EVENT_TYPES.index(EventType.PURCHASE)
+    refund = et == EVENT_TYPES.index(EventType.REFUND)
+    money = np.where(purchase, cents(prep.value), 0) - np.where(refund, np.abs(cents(prep.value)), 0)
+    msum = prefix_sum(money)
+    out["monetary"] = (msum[end] - msum[start]) / 100.0
+
+    def days_since(mask: np.ndarray) -> np.ndarray:
+        last = _last_index(mask)
+        idx = np.where(end > start, last[np.maximum(end - 1, 0)] if len(last) else -1, -1)
+        ok = (idx >= start) & (idx >= 0)
+        ts = prep.ts_ms[np.maximum(idx, 0)] if len(prep.ts_ms) else np.zeros(len(idx))
+        return np.where(ok, np.minimum((t_ms - ts) / MS_PER_DAY, NEVER_DAYS), NEVER_DAYS)
+
+    out["recency_days"] = days_since(activity)
+    first_ts = (
+        prep.ts_ms[np.minimum(start, max(prep.n_events - 1, 0))] if prep.n_events else np.zeros(len(end))
+    )
+    out["tenure_days"] = np.where(end > start, np.minimum((t_ms - first_ts) / MS_PER_DAY, NEVER_DAYS), 0.0)
+    out["days_since_last_purchase"] = days_since(purchase)
+    out["days_since_last_email"] = days_since(et == EVENT_TYPES.index(EventType.EMAIL_SENT))
+
+    # An open cart: something added since the last purchase, within the last 7 days.
+    cart = et == EVENT_TYPES.index(EventType.ADD_TO_CART)
+    since_cart = days_since(cart)
+    out["open_cart"] = ((since_cart < 7) & (since_cart < out["days_since_last_purchase"])).astype(np.float64)
+
+    # E-mail consent from the last consent event: 1 subscribed, 0 unsubscribed, -1 unknown.
+    subscribe = et == EVENT_TYPES.index(EventType.NEWSLETTER_SIGNUP)
+    unsubscribe = et == EVENT_TYPES.index(EventType.EMAIL_UNSUBSCRIBE)
+    last = _last_index(subscribe | unsubscribe)
+    idx = np.where(end > start, last[np.maximum(end - 1, 0)] if len(last) else -1, -1)
+    known = (idx >= start) & (idx >= 0)
+    subscribed = subscribe[np.maximum(idx, 0)] if len(subscribe) else np.zeros(len(idx), dtype=bool)
+    out["email_consent"] = np.where(known, subscribed.astype(np.float64), -1.0)
+    return {name: out[name] for name in AGGREGATE_NAMES}
+
+
+def cents(value: np.ndarray) -> np.ndarray:
+    """Money as int64 cents (NaN -> 0): integer prefix sums are exact, so a customer's sums do not
+    depend on which other customers share the batch (float prefix sums would)."""
+    return np.round(np.nan_to_num(value) * 100).astype(np.int64)
+
+
+def prefix_sum(x: np.ndarray) -> np.ndarray:
+    """Exclusive prefix sum: `out[i]` is the sum of `x[:i]` (length n + 1)."""
+    out = np.zeros(len(x) + 1, dtype=x.dtype)
+    np.cumsum(x, out=out[1:])
+    return out
+
+
+def _last_index(mask: np.ndarray) -> np.ndarray:
+    """`out[i]` is the largest j <= i with mask[j], or -1."""
+    idx = np.where(mask, np.arange(len(mask)), -1)
+    return np.maximum.accumulate(idx) if len(idx) else idx
+
+
+def _factorize_sorted(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted unique ids and each row's index into them; categorical input sorts only its categories."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cats = np.asarray(values.cat.categories.astype(str), dtype=object)
+        codes = values.cat.codes.to_numpy()
+        if (codes < 0).any():
+            raise ValueError("customer_id: missing values in validated events")
+        used = np.unique(codes)
+        order = np.argsort(cats[used], kind="stable")
+        rank = np.empty(len(cats), dtype=np.int64)
+        rank[used[order]] = np.arange(len(used))
+        return cats[used[order]], rank[codes]
+    ids = values.astype(str).to_numpy(dtype=object)
+    customers, inverse = np.unique(ids, return_inverse=True)
+    return customers, inverse.astype(np.int64).reshape(-1)
+
+
+def _zeros(n: int) -> np.ndarray:
+    return np.zeros(n, dtype=np.int32)
+
+
+def to_epoch_ms(ts: pd.Series) -> np.ndarray:
+    """UTC timestamps (naive ones taken as UTC) -> int64 epoch milliseconds, floored."""
+    values = pd.to_datetime(ts, utc=True).dt.as_unit("ns")
+    return values.astype("int64").to_numpy(dtype=np.int64) // 1_000_000

@@ -1,0 +1,117 @@
+"""Vocabularies: token string -> integer index, fitted on the training window only.
+
+Index 0 is padding (and "no value", e.g. the item of a page view), index 1 is out-of-vocabulary, and the
+fitted tokens start at 2, most frequent first. The closed enums of the contract (event types, channels,
+actions) are vocabularies too, with their contract order, so that every build encodes them the same way.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from features.schema import ACTIONS, CHANNELS, EVENT_TYPES
+
+PAD = 0
+OOV = 1
+FIRST = 2
+
+# Fields encoded through a vocabulary, in the order the encoder emits them.
+ENUM_FIELDS: dict[str, tuple[str, ...]] = {
+    "event_type": EVENT_TYPES,
+    "channel": CHANNELS,
+    "message_type": ACTIONS,
+}
+FITTED_FIELDS: tuple[str, ...] = ("item_id", "category")
+
+
+@dataclass
+class Vocabulary:
+    """Token lists per field; the index of `tokens[f][i]` is `i + FIRST`.
+
+    Attributes:
+        tokens: field name -> tokens in index order.
+        counts: field name -> training-window count of each token (same order), for popularity.
+    """
+
+    tokens: dict[str, list[str]]
+    counts: dict[str, list[int]] = field(default_factory=dict)
+
+    def size(self, name: str) -> int:
+        """Number of indices of a field, padding and OOV included (the embedding table size)."""
+        return len(self.tokens[name]) + FIRST
+
+    def sizes(self) -> dict[str, int]:
+        return {name: self.size(name) for name in self.tokens}
+
+    def lookup(self, name: str, values: pd.Series) -> np.ndarray:
+        """Maps a column to indices: null -> PAD, unknown -> OOV.
+
+        Categorical input (what Parquet dictionary columns read as) is mapped through its categories
+        only, which keeps lookups fast on millions of rows.
+        """
+        tokens = self.tokens[name]
+        if isinstance(values.dtype, pd.CategoricalDtype):
+            cats = values.cat.categories
+            table = _index(tokens, pd.Series(cats.astype(str), dtype=object))
+            codes = values.cat.codes.to_numpy()
+            out = np.where(codes >= 0, table[np.maximum(codes, 0)] if len(table) else OOV, PAD)
+            return out.astype(np.int32)
+        series = values.astype(object)
+        out = _index(tokens, series)
+        out[series.isna().to_numpy()] = PAD
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps({"tokens": self.tokens, "counts": self.counts})
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocabulary:
+        data = json.loads(text)
+        return cls(tokens=data["tokens"], counts=data.get("counts", {}))
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> Vocabulary:
+        return cls.from_json(path.read_text())
+
+    @classmethod
+    def fit(
+        cls,
+        counts: dict[str, pd.Series],
+        *,
+        min_count: int = 1,
+        max_size: dict[str, int] | None = None,
+    ) -> Vocabulary:
+        """Builds the vocabulary from training-window token counts.
+
+        Args:
+            counts: for each fitted field, a Series token -> count over the training window.
+            min_count: tokens seen fewer times map to OOV.
+            max_size: optional cap on the number of tokens per field (most frequent kept).
+        """
+        tokens: dict[str, list[str]] = {name: list(values) for name, values in ENUM_FIELDS.items()}
+        kept: dict[str, list[int]] = {}
+        for name in FITTED_FIELDS:
+            c = counts.get(name, pd.Series(dtype="int64"))
+            c = c[c >= min_count]
+            # Most frequent first; ties broken by token so the result does not depend on input order.
+            frame = pd.DataFrame({"token": c.index.astype(str), "n": c.to_numpy()})
+            frame = frame.sort_values(["n", "token"], ascending=[False, True], kind="stable")
+            if max_size and name in max_size:
+                frame = frame.head(max_size[name])
+            tokens[name] = frame["token"].tolist()
+            kept[name] = frame["n"].astype(int).tolist()
+        return cls(tokens=tokens, counts=kept)
+
+
+def _index(tokens: list[str], values: pd.Series) -> np.ndarray:
+    """Index of each value in `tokens` (+FIRST), OOV where absent."""
+    codes = pd.Categorical(values, categories=pd.Index(tokens, dtype=object)).codes
+    return np.where(codes >= 0, codes.astype(np.int64) + FIRST, OOV).astype(np.int32)

@@ -1,0 +1,150 @@
+"""`journey`: one Typer app, each command a few lines over library functions the notebooks call too."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+app = typer.Typer(help="Journey engine: customer journey stages, next best action, recommendations.")
+features_app = typer.Typer(help="Feature jobs: events -> model-ready sequences and labels.")
+app.add_typer(features_app, name="features")
+
+
+@app.callback()
+def main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(code=1)
+
+
+@app.command()
+def simulate(
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    customers: Annotated[int, typer.Option(help="Number of customers.")] = 20_000,
+    days: Annotated[int, typer.Option(help="Simulated days.")] = 182,
+    items: Annotated[int, typer.Option(help="Catalogue size.")] = 5_000,
+    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same shop.")] = 0,
+    start: Annotated[str, typer.Option(help="First simulated day (ISO date).")] = "2026-01-05",
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """Simulate a shop: events, catalogue, decision log and the ground truth."""
+    from features.simulate import SimConfig, format_summary
+    from features.simulate import simulate as run
+
+    config = SimConfig(n_customers=customers, days=days, n_items=items, seed=seed, start=start)
+    summary = run(config, out, progress=progress)
+    typer.echo(format_summary(summary))
+
+
+@app.command()
+def ingest(
+    source: Annotated[str, typer.Argument(help="retailrocket, rees46, online_retail or generic.")],
+    path: Annotated[Path, typer.Argument(help="The source file (CSV, CSV.gz or Parquet).")],
+    out: Annotated[Path, typer.Option(help="Output folder: events.parquet, rejects.csv, summary.json.")],
+    mapping: Annotated[Path | None, typer.Option(help="YAML column mapping (generic source).")] = None,
+    map_: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="field=column pairs for the generic source (repeatable)."),
+    ] = None,
+    max_reject_ratio: Annotated[
+        float, typer.Option(help="Fail when more rows than this are rejected.")
+    ] = 0.05,
+    tz: Annotated[str | None, typer.Option(help="Time zone of naive timestamps (default UTC).")] = None,
+) -> None:
+    """Validate a real export against the event contract and write it as Parquet."""
+    from features.adapters import ColumnMapping
+    from features.ingest import SOURCES, format_summary
+    from features.ingest import ingest as run
+
+    from features.validate import RejectRatioExceeded
+
+    if source not in SOURCES:
+        raise _fail(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    column_mapping = None
+    if mapping is not None:
+        column_mapping = ColumnMapping.from_yaml(mapping)
+    elif map_:
+        column_mapping = ColumnMapping.from_pairs(map_)
+    try:
+        summary = run(source, path, out, mapping=column_mapping, max_reject_ratio=max_reject_ratio, tz=tz)
+    except RejectRatioExceeded as exc:
+        raise _fail(str(exc)) from exc
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(format_summary(summary))
+
+
+def _parse_overrides(pairs: list[str] | None) -> dict[str, object]:
+    overrides: dict[str, object] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise _fail(f"--set expects key=value, got {pair!r}")
+        key, value = pair.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+@features_app.command("build")
+def features_build(
+    events: Annotated[Path, typer.Argument(help="Validated events: a Parquet file or folder.")],
+    out: Annotated[Path, typer.Option(help="Output folder (rows/, vocab.json, manifest.json).")],
+    decisions: Annotated[
+        Path | None, typer.Option(help="Decision log (Parquet) for logged-send labels.")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML build config.")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, e.g. encoder.max_len=30 (repeatable)."),
+    ] = None,
+    engine: Annotated[str, typer.Option(help="pandas (one machine) or spark.")] = "pandas",
+    spark_master: Annotated[str, typer.Option(help="Spark master URL for --engine spark.")] = "local[2]",
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """Build per-customer sequences, aggregates and hindsight labels at each cutoff, split by time."""
+    from features.build import BuildConfig, build_features, format_manifest
+
+    if engine not in ("pandas", "spark"):
+        raise _fail(f"--engine must be pandas or spark, not {engine!r}")
+    try:
+        cfg = BuildConfig.from_yaml(config, _parse_overrides(set_))
+        manifest = build_features(
+            events,
+            out,
+            cfg,
+            decisions=decisions,
+            engine=engine,
+            spark_master=spark_master,
+            progress=progress,  # type: ignore[arg-type]
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(format_manifest(manifest))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes its shop and features.")] = Path(
+        "demo_output"
+    ),
+    customers: Annotated[int, typer.Option(help="Customers of the simulated shop.")] = 20_000,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Simulate a small shop, build its features and print what was made."""
+    from journey.demo import run_demo
+
+    run_demo(out, customers=customers, seed=seed, echo=typer.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

@@ -1,0 +1,1 @@
+"""The real-time scoring service (imports `features`, never `training`)."""

@@ -1,0 +1,1 @@
+"""The sequence model, its baselines, evaluation and the MLflow registry (built on `features`)."""
