@@ -241,16 +241,16 @@ def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: Bu
     batch = encode_prepared(prep, cutoffs, config.encoder)
     labels = hindsight_labels(prep, cutoffs, config.labels, decisions)
 
-    L = config.encoder.max_len
     columns: dict[str, pa.Array] = {
         "customer_id": pa.array(cutoffs["customer_id"].to_numpy(dtype=object), pa.string()),
-        "cutoff": pa.array(cutoffs["cutoff"].to_numpy(), pa.timestamp("us", tz="UTC")),
+        "cutoff": pa.array(to_epoch_ms(cutoffs["cutoff"]) * 1000, pa.timestamp("us", tz="UTC")),
         "split": pa.array(cutoffs["split"].to_numpy(dtype=object), pa.string()),
         "seq_len": pa.array(batch.length, pa.int32()),
     }
-    offsets = pa.array(np.arange(0, (len(cutoffs) + 1) * L, L, dtype=np.int32))
+    # Stored ragged (only the real events, oldest first): `padded_tokens` restores the model's layout.
+    offsets = pa.array(batch.offsets.astype(np.int32))
     for name in TOKEN_FIELDS:
-        columns[f"tok_{name}"] = pa.ListArray.from_arrays(offsets, pa.array(batch.tokens[name].reshape(-1)))
+        columns[f"tok_{name}"] = pa.ListArray.from_arrays(offsets, pa.array(batch.values[name]))
     for name in AGGREGATE_NAMES:
         columns[name] = pa.array(batch.aggregates[name], pa.float64())
     columns.update(labels)
@@ -558,7 +558,8 @@ def _bucket_job(spill: Path, bucket: int, target: Path, ctx: BucketContext) -> d
         return {}
     decisions = _read_spill(spill / f"decisions-{bucket:05d}.arrow")
     table = process_bucket(events, decisions, ctx)
-    pq.write_table(table, target)
+    # Dictionary pages only where values repeat; token lists compress well without them (and write faster).
+    pq.write_table(table, target, use_dictionary=["customer_id", "split", "stage", "logged_action"])
     splits = table.column("split").to_pandas().value_counts()
     return {str(k): int(v) for k, v in splits.items()}
 
@@ -571,6 +572,18 @@ def load_rows(out: Path, split: str | None = None, columns: list[str] | None = N
     if "customer_id" in table.column_names and "cutoff" in table.column_names:
         table = table.sort_by([("customer_id", "ascending"), ("cutoff", "ascending")])
     return table
+
+
+def padded_tokens(table: pa.Table, name: str, max_len: int) -> np.ndarray:
+    """The (n_rows, max_len) left-padded int32 array of one token field, as `encode` returns it."""
+    column = table.column(f"tok_{name}").combine_chunks()
+    lengths = np.diff(column.offsets.to_numpy()).astype(np.int64)
+    if lengths.size and lengths.max() > max_len:
+        raise ValueError(f"tok_{name}: a sequence of {lengths.max()} events is longer than max_len={max_len}")
+    out = np.zeros((len(lengths), max_len), dtype=np.int32)
+    real = np.arange(max_len)[None, :] >= (max_len - lengths)[:, None]
+    out[real] = column.flatten().to_numpy()
+    return out
 
 
 def with_overrides(config: BuildConfig, **changes: Any) -> BuildConfig:

@@ -211,18 +211,39 @@ def token_sizes(vocab: Vocabulary) -> dict[str, int]:
 class EncodedBatch:
     """Model input for a batch of (customer, cutoff) rows.
 
+    Token sequences are held ragged (each row's real events, oldest first, rows concatenated), which is
+    how the feature job stores them; `tokens` gives the model's left-padded layout.
+
     Attributes:
-        tokens: field -> (n_rows, max_len) int32, left-padded with 0, oldest event first.
-        length: (n_rows,) number of real events in each sequence.
+        values: field -> (sum(length),) int32 tokens of all rows, row after row.
+        length: (n_rows,) number of real events in each sequence (at most max_len).
+        max_len: the sequence length of the padded layout.
         aggregates: name -> (n_rows,) float64.
     """
 
-    tokens: dict[str, np.ndarray]
+    values: dict[str, np.ndarray]
     length: np.ndarray
+    max_len: int
     aggregates: dict[str, np.ndarray]
 
     def __len__(self) -> int:
         return len(self.length)
+
+    @property
+    def offsets(self) -> np.ndarray:
+        """(n_rows + 1,) start of each row in `values`."""
+        return np.concatenate([[0], np.cumsum(self.length)]).astype(np.int64)
+
+    @property
+    def tokens(self) -> dict[str, np.ndarray]:
+        """field -> (n_rows, max_len) int32, left-padded with 0, oldest event first."""
+        real = np.arange(self.max_len)[None, :] >= (self.max_len - self.length)[:, None]
+        out = {}
+        for name, flat in self.values.items():
+            padded = np.zeros((len(self.length), self.max_len), dtype=np.int32)
+            padded[real] = flat
+            out[name] = padded
+        return out
 
 
 def encode(
@@ -252,18 +273,14 @@ def encode_prepared(prep: PreparedEvents, cutoffs: pd.DataFrame, config: Encoder
     end = prep.search(cust, t_ms)  # first event at or after the cutoff: excluded
     length = np.minimum(end - start, config.max_len)
 
-    # (n_rows, max_len) positions of the last `max_len` events, oldest first, left-padded.
-    offsets = np.arange(-config.max_len, 0)
-    pos = end[:, None] + offsets[None, :]
-    valid = pos >= (end - length)[:, None]
-    pos = np.where(valid, pos, 0)
-    tokens = {}
-    for name in TOKEN_FIELDS:
-        column = prep.tokens[name]
-        gathered = column[pos] if len(column) else np.zeros(pos.shape, dtype=np.int32)
-        tokens[name] = np.where(valid, gathered, PAD).astype(np.int32)
+    # Positions of each row's last `length` events, oldest first, rows concatenated.
+    offsets = np.concatenate([[0], np.cumsum(length)])
+    pos = np.repeat(end - length - offsets[:-1], length) + np.arange(offsets[-1])
+    values = {name: prep.tokens[name][pos] for name in TOKEN_FIELDS}
     aggregates = _aggregates(prep, cust, start, end, t_ms)
-    return EncodedBatch(tokens=tokens, length=length.astype(np.int32), aggregates=aggregates)
+    return EncodedBatch(
+        values=values, length=length.astype(np.int32), max_len=config.max_len, aggregates=aggregates
+    )
 
 
 def _aggregates(
@@ -273,11 +290,13 @@ def _aggregates(
     et = prep.event_type
     activity = ~np.isin(et, [EVENT_TYPES.index(e) for e in SHOP_SENT_EVENTS])
     out: dict[str, np.ndarray] = {}
+    window_start: dict[int | None, np.ndarray] = {None: start}
     for name, types, days in COUNT_AGGREGATES:
         mask = activity if types is None else np.isin(et, [EVENT_TYPES.index(e) for e in types])
         csum = prefix_sum(mask.astype(np.int64))
-        lo = start if days is None else np.maximum(start, prep.search(cust, t_ms - days * MS_PER_DAY))
-        out[name] = (csum[end] - csum[lo]).astype(np.float64)
+        if days not in window_start:
+            window_start[days] = np.maximum(start, prep.search(cust, t_ms - days * MS_PER_DAY))
+        out[name] = (csum[end] - csum[window_start[days]]).astype(np.float64)
 
     purchase = et == EVENT_TYPES.index(EventType.PURCHASE)
     refund = et == EVENT_TYPES.index(EventType.REFUND)

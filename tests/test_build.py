@@ -11,8 +11,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.build import BuildConfig, build_features, load_rows, plan_splits
-from features.encoder import prepare
+from features.build import BuildConfig, build_features, load_rows, padded_tokens, plan_splits
+from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS, EncoderConfig, encode, prepare
 from features.labels import LabelConfig, hindsight_labels
 from features.vocab import FIRST, OOV, Vocabulary
 from tests.factories import events, random_events, write_events
@@ -164,8 +164,9 @@ def test_build_writes_rows_vocab_and_manifest(shop: Path, built: Path) -> None:
     # One row per customer and cutoff, never twice.
     frame = rows.select(["customer_id", "cutoff"]).to_pandas()
     assert not frame.duplicated().any()
-    seq = np.stack(rows.column("tok_event_type").to_numpy(zero_copy_only=False))
-    assert seq.shape[1] == BuildConfig().encoder.max_len
+    seq = padded_tokens(rows, "event_type", BuildConfig().encoder.max_len)
+    assert seq.shape == (rows.num_rows, BuildConfig().encoder.max_len)
+    np.testing.assert_array_equal((seq > 0).sum(axis=1), rows.column("seq_len").to_numpy())
 
 
 def test_rows_do_not_depend_on_buckets_or_workers(shop: Path, built: Path, tmp_path: Path) -> None:
@@ -223,3 +224,27 @@ def test_spark_engine_writes_the_same_rows_as_pandas(shop: Path, built: Path, tm
     pandas_rows, spark_rows = load_rows(tmp_path / "pandas"), load_rows(tmp_path / "spark")
     assert pandas_rows.column("logged_action").null_count < pandas_rows.num_rows
     assert_same_rows(pandas_rows, spark_rows)
+
+
+def test_stored_rows_equal_what_the_online_encoder_gives(shop: Path, built: Path) -> None:
+    """What the batch job writes is exactly what `encode` gives one customer at serving time."""
+    rows = load_rows(built)
+    vocab = Vocabulary.load(built / "vocab.json")
+    max_len = BuildConfig().encoder.max_len
+    events_frame = pq.read_table(shop).to_pandas()
+    picked = rows.slice(0, 40)
+    for i in range(picked.num_rows):
+        customer = picked.column("customer_id")[i].as_py()
+        cutoff = picked.column("cutoff").to_pandas().iloc[i]
+        online = encode(
+            events_frame[events_frame["customer_id"] == customer],
+            pd.DataFrame({"customer_id": [customer], "cutoff": [cutoff]}),
+            vocab,
+            EncoderConfig(max_len=max_len),
+        )
+        for name in TOKEN_FIELDS:
+            np.testing.assert_array_equal(
+                padded_tokens(picked.slice(i, 1), name, max_len), online.tokens[name]
+            )
+        for name in AGGREGATE_NAMES:
+            assert picked.column(name)[i].as_py() == online.aggregates[name][0], name
