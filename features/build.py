@@ -76,7 +76,9 @@ class BuildConfig:
     Attributes:
         cutoff_every_days: days between cutoffs.
         warmup_days: the first cutoff comes this long after the first event (unless `first_cutoff`).
-        first_cutoff: date of the first cutoff (ISO); cutoffs are at midnight UTC.
+        first_cutoff: date of the first cutoff (ISO); cutoffs are at midnight UTC. When unset and a
+            decision log is given, cutoffs fall on the log's main decision weekday, from its first
+            decision day on, so that each logged decision is labelled at the cutoff of its day.
         test_start: first test cutoff (ISO date); default: the last `n_test_cutoffs` labelled cutoffs.
         valid_start: first validation cutoff; default: the last `n_valid_cutoffs` cutoffs whose label
             window ends before the test starts.
@@ -100,7 +102,7 @@ class BuildConfig:
     active_within_days: int = 60
     item_min_count: int = 1
     max_items: int = 1_000_000
-    bucket_events: int = 2_000_000
+    bucket_events: int = 1_000_000
     n_buckets: int | None = None
     workers: int = 0
     batch_rows: int = 1_000_000
@@ -262,27 +264,26 @@ def _candidate_rows(
 ) -> pd.DataFrame:
     """(customer, cutoff, split) rows: customers active before the cutoff, or with a decision at it."""
     n_c, n_t = len(prep.customers), len(plan)
+    cut_ms = to_epoch_ms(plan["cutoff"])
     cust = np.repeat(np.arange(n_c, dtype=np.int64), n_t)
-    cut = np.tile(plan["cutoff"].to_numpy(), n_c)
-    t_ms = np.tile(to_epoch_ms(plan["cutoff"]), n_c)
+    t_ms = np.tile(cut_ms, n_c)
     window = config.active_within_days * 86_400_000
-    active = prep.search(cust, t_ms) > np.maximum(prep.search(cust, t_ms - window), prep.starts(cust))
+    keep = prep.search(cust, t_ms) > np.maximum(prep.search(cust, t_ms - window), prep.starts(cust))
+    if decisions is not None and n_t:
+        # The cutoff a decision belongs to: the last one at or before it, within the decision window.
+        d_cust = prep.customer_codes(decisions["customer_id"])
+        d_ms = to_epoch_ms(decisions["ts"])
+        k = np.searchsorted(cut_ms, d_ms, side="right") - 1
+        ok = (d_cust >= 0) & (k >= 0)
+        ok &= d_ms < cut_ms[np.maximum(k, 0)] + config.labels.decision_window_days * 86_400_000
+        keep[d_cust[ok] * n_t + k[ok]] = True
     rows = pd.DataFrame(
-        {"customer_id": prep.customers[cust], "cutoff": cut, "split": np.tile(plan["split"], n_c)}
+        {
+            "customer_id": prep.customers[cust[keep]],
+            "cutoff": pd.to_datetime(t_ms[keep], unit="ms", utc=True),
+            "split": plan["split"].to_numpy()[np.tile(np.arange(n_t), n_c)[keep]],
+        }
     )
-    keep = active
-    if decisions is not None:
-        d = pd.DataFrame(
-            {
-                "customer_id": decisions["customer_id"].astype(str),
-                "d": pd.to_datetime(decisions["ts"], utc=True),
-            }
-        )
-        d["cutoff"] = d["d"].dt.floor(f"{config.labels.decision_window_days}D")
-        logged = rows.merge(d[["customer_id", "cutoff"]].drop_duplicates(), how="left", indicator=True)
-        keep = keep | (logged["_merge"] == "both").to_numpy()
-    rows = rows[keep].reset_index(drop=True)
-    rows["cutoff"] = pd.to_datetime(rows["cutoff"], utc=True)
     return rows
 
 
@@ -364,8 +365,11 @@ def build_features(
     if n_events == 0:
         raise ValueError(f"{events}: no events")
     first_ts, last_ts = _time_range(ev)
+    if decision_files and not config.first_cutoff:
+        config = replace(config, first_cutoff=_decision_aligned_start(decision_files, first_ts, config))
     plan = plan_splits(first_ts, last_ts, config)
-    n_buckets = config.n_buckets or max(1, math.ceil(n_events / config.bucket_events))
+    workers = config.workers or os.cpu_count() or 1
+    n_buckets = config.n_buckets or max(workers, math.ceil(n_events / config.bucket_events))
     log.info("%d events from %s to %s, %d buckets", n_events, first_ts, last_ts, n_buckets)
 
     if out.exists():
@@ -410,6 +414,19 @@ def build_features(
     )
     manifest.save(out)
     return manifest
+
+
+def _decision_aligned_start(files: list[Path], first_ts: pd.Timestamp, config: BuildConfig) -> str:
+    """First cutoff on the decision log's main weekday, at or after its first decision and the warm-up."""
+    ts = pd.to_datetime(
+        _dataset(files, "decisions").to_table(columns=["ts"]).column("ts").to_pandas(), utc=True
+    )
+    if ts.empty:
+        raise ValueError(f"decisions {files[0]}: the decision log is empty")
+    weekday = int(ts.dt.weekday.mode().iloc[0])
+    start = max((first_ts + pd.Timedelta(days=config.warmup_days)).ceil("D"), ts.min().floor("D"))
+    start += pd.Timedelta(days=(weekday - start.weekday()) % 7)
+    return start.date().isoformat()
 
 
 def _time_range(ev: ds.Dataset) -> tuple[pd.Timestamp, pd.Timestamp]:

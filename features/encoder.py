@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from features.schema import EVENT_TYPES, SHOP_SENT_EVENTS, EventType
-from features.vocab import FIRST, PAD, Vocabulary
+from features.vocab import FIRST, Vocabulary
 
 MS_PER_DAY = 86_400_000
 
@@ -294,7 +294,7 @@ def _aggregates(
     for name, types, days in COUNT_AGGREGATES:
         mask = activity if types is None else np.isin(et, [EVENT_TYPES.index(e) for e in types])
         csum = prefix_sum(mask.astype(np.int64))
-        if days not in window_start:
+        if days is not None and days not in window_start:
             window_start[days] = np.maximum(start, prep.search(cust, t_ms - days * MS_PER_DAY))
         out[name] = (csum[end] - csum[window_start[days]]).astype(np.float64)
 

@@ -66,17 +66,16 @@ def ingest(
     from features.adapters import ColumnMapping
     from features.ingest import SOURCES, format_summary
     from features.ingest import ingest as run
-
     from features.validate import RejectRatioExceeded
 
     if source not in SOURCES:
         raise _fail(f"unknown source {source!r}; choose one of {', '.join(SOURCES)}")
-    column_mapping = None
-    if mapping is not None:
-        column_mapping = ColumnMapping.from_yaml(mapping)
-    elif map_:
-        column_mapping = ColumnMapping.from_pairs(map_)
     try:
+        column_mapping = None
+        if mapping is not None:
+            column_mapping = ColumnMapping.from_yaml(mapping).with_pairs(map_ or [])
+        elif map_:
+            column_mapping = ColumnMapping.from_pairs(map_)
         summary = run(source, path, out, mapping=column_mapping, max_reject_ratio=max_reject_ratio, tz=tz)
     except RejectRatioExceeded as exc:
         raise _fail(str(exc)) from exc
@@ -123,9 +122,9 @@ def features_build(
             out,
             cfg,
             decisions=decisions,
-            engine=engine,
+            engine="spark" if engine == "spark" else "pandas",
             spark_master=spark_master,
-            progress=progress,  # type: ignore[arg-type]
+            progress=progress,
         )
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc

@@ -1,0 +1,16 @@
+"""Shared pytest fixtures."""
+
+from pathlib import Path
+
+import pytest
+
+# The real datasets live beside the project (../shared/data), never inside it.
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """The folder of the real datasets; skips the test where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATA}")
+    return SHARED_DATA
