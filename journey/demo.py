@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from features.simulate import SimConfig, format_summary, simulate
-
 from features.build import BuildConfig, build_features, format_manifest, load_rows
+from features.simulate import SimConfig, format_summary, simulate
 
 
 def run_demo(
