@@ -1,0 +1,519 @@
+"""One evaluation for the model and every baseline: the same metrics, names and intervals for all.
+
+`evaluate(pred, data, ...)` scores what a `Scorer` predicted on a split and returns an `EvaluationResult`:
+a flat dict of metrics with stable, MLflow-valid names, the row-level data behind them (for paired
+comparisons between scorers on the same rows), and the data of the plots (`training.plots`). Heads a scorer
+does not have are skipped. `results_table` puts several results side by side.
+
+Metric names (K in `ks`, <t> a propensity target, <s> a stage, <p> a policy, <e> an estimator); a name with
+an interval also has `<name>_lo` and `<name>_hi` (95 % percentile bootstrap over rows by default):
+
+* stage (against the hindsight label): `stage/macro_f1`, `stage/accuracy`, `stage/log_loss` (intervals),
+  `stage/f1/<s>`; `stage_true/...` the same against the simulator's latent stage when `truth` is given.
+* propensities: `<t>/roc_auc`, `<t>/pr_auc`, `<t>/log_loss`, `<t>/ece` (intervals), `<t>/base_rate`,
+  `<t>/mean_predicted`, `<t>/n_rows`. <t> is a key of `Predictions.propensity` (purchase_7d,
+  purchase_30d, churn_30d, unsubscribe).
+* recommendations (full catalogue; rows without a relevant item left out): `rec/recall_at_K`,
+  `rec/ndcg_at_K`, `rec/mrr_at_K`, `rec/hit_at_K` (intervals), `rec/coverage_at_K`, `rec/n_rows`; and the
+  same under `rec/repeat/` and `rec/explore/` (relevant items the customer had / had not interacted with in
+  the events the model sees).
+* policies (logged decisions of the split): `policy/<p>/<e>` with <e> in ips, snips, dm, dr (intervals;
+  dm and dr need `action_outcome`), `policy/<p>/ess` (effective sample size share of the importance
+  weights), `policy/<p>/send_rate`, `policy/<p>/true_value` (simulated data);
+  `policy/logging/value` (mean logged reward, interval) and `policy/logging/true_value`;
+  `policy/learned_minus_<q>/<e>` paired differences of the learned policy against no_send, best_constant and
+  logging (intervals), and their `true_value`; `policy/n_decisions`.
+  Policies: no_send, uniform, playbook, playbook_hindsight (knows the future: a reference, not deployable),
+  playbook_true_stage (simulated data), learned, best_constant (the single action, sent wherever allowed,
+  with the highest SNIPS value on these rows: chosen on the test rows, so slightly optimistic).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from features.encoder import MS_PER_DAY
+from features.policy import NO_SEND, RuleConfig, eligibility
+from features.schema import STAGES
+from features.simulate import LATENT_TO_STAGE
+from features.vocab import FIRST
+from training.data import FeatureData
+from training.interface import Predictions
+from training.metrics import (
+    Interval,
+    ReliabilityCurve,
+    RowStatistic,
+    accuracy,
+    average_precision,
+    bootstrap_means,
+    catalogue_coverage,
+    confusion_matrix,
+    expected_calibration_error,
+    f1_per_class,
+    log_loss,
+    macro_f1,
+    multiclass_log_loss,
+    ranking_metrics,
+    reliability_curve,
+    roc_auc,
+    split_repeat_explore,
+    unique_relevant,
+)
+from training.ope import (
+    ESTIMATORS,
+    LoggedBandit,
+    aggregates_dict,
+    constant_policies,
+    effective_sample_size,
+    estimator_terms,
+    importance_weights,
+    load_decision_ids,
+    logging_terms,
+    send_rate,
+    standard_policies,
+    true_conversion_matrix,
+    true_logging_value,
+    true_policy_value,
+)
+
+# MLflow's rule for metric keys (mlflow.utils.validation, the stricter Windows variant: no colon).
+_VALID_NAME = re.compile(r"^[/\w.\- ]+$")
+_LO, _HI = "_lo", "_hi"
+# Metrics that count rows, shown without decimals.
+_COUNTS = ("n_rows", "n_decisions")
+
+
+def is_valid_metric_name(name: str) -> bool:
+    """True if MLflow accepts `name` as a metric key on every platform.
+
+    Letters, digits, `_ - . /` and spaces, and no path tricks ("a//b", "./a", "a/", leading "/").
+    """
+    import posixpath
+
+    return bool(_VALID_NAME.match(name)) and posixpath.normpath(name) == name and not name.startswith("/")
+
+
+@dataclass
+class SimTruth:
+    """The simulator's truth for one split, row-aligned with its FeatureData.
+
+    Attributes:
+        stage: (n,) the latent stage at the cutoff as an index into STAGES (lapsed -> at_risk), -1 unknown.
+        p_convert: (n, len(ACTIONS)) exact conversion probability of each action at the row's decision,
+            NaN where the row has no decision.
+    """
+
+    stage: np.ndarray
+    p_convert: np.ndarray
+
+
+def load_sim_truth(shop: Path, features: Path, split: str, data: FeatureData | None = None) -> SimTruth:
+    """Joins a simulated shop's truth to a features build's rows.
+
+    The latent stage of a row is the stage at the start of its cutoff's day (`truth/stages.parquet`); the
+    conversion probabilities come from `truth/decisions.parquet` by the row's decision id.
+
+    Args:
+        shop: the simulator's output folder (with truth/).
+        features: the features build made from it.
+        split: "train", "valid" or "test".
+        data: the split as loaded, to check that the rows line up.
+
+    Raises:
+        ValueError: the rows of the build differ from `data`.
+    """
+    rows = load_decision_ids(Path(features), split)
+    customer = np.asarray(rows.column("customer_id").to_pylist(), dtype=object)
+    cutoff_ms = rows.column("cutoff").cast(pa.int64()).to_numpy() // 1000
+    if data is not None and not (
+        len(customer) == len(data)
+        and np.array_equal(customer, data.customer_id)
+        and np.array_equal(cutoff_ms, data.cutoff_ms)
+    ):
+        raise ValueError(f"the rows of {features} ({split}) do not line up with the data given")
+    p_convert = true_conversion_matrix(
+        Path(shop) / "truth" / "decisions.parquet", np.asarray(rows.column("decision_id").to_pylist())
+    )
+    day = (cutoff_ms // MS_PER_DAY).astype("datetime64[D]")  # the cutoff's UTC day
+    days = sorted({d.item() for d in np.unique(day)})
+    stages = pq.read_table(
+        Path(shop) / "truth" / "stages.parquet", filters=[("day", "in", days)] if days else None
+    ).to_pandas()
+    stages["customer_id"] = stages["customer_id"].astype(str)
+    stages["day"] = stages["day"].to_numpy().astype("datetime64[D]")
+    index = {s: i for i, s in enumerate(STAGES)}
+    stages["stage"] = stages["stage"].astype(str).map(LATENT_TO_STAGE).map(index)
+    keys = pd.DataFrame({"customer_id": customer.astype(str), "day": day})
+    merged = keys.merge(stages, on=["customer_id", "day"], how="left", validate="many_to_one")
+    stage = merged["stage"].fillna(-1).to_numpy().astype(np.int64)
+    return SimTruth(stage=stage, p_convert=p_convert)
+
+
+@dataclass
+class PlotData:
+    """What the plots of one scorer need.
+
+    Attributes:
+        confusion: (S, S) counts, hindsight stage (rows) vs predicted (columns).
+        confusion_true: (S, S) counts against the latent stage (simulated data).
+        reliability: target -> calibration curve.
+        recall_at_k: K -> Recall@K with its interval.
+        policy_values: estimator -> policy -> Interval (logging under "value").
+        true_values: policy -> true value (simulated data).
+    """
+
+    confusion: np.ndarray | None = None
+    confusion_true: np.ndarray | None = None
+    reliability: dict[str, ReliabilityCurve] = field(default_factory=dict)
+    recall_at_k: dict[int, Interval] = field(default_factory=dict)
+    policy_values: dict[str, dict[str, Interval]] = field(default_factory=dict)
+    true_values: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class EvaluationResult:
+    """The evaluation of one scorer on one split.
+
+    Attributes:
+        name: the scorer's name (a column of `results_table`).
+        metrics: metric name -> value (see the module doc for the names).
+        rows: metric name -> the row-level data and statistic behind it, for `compare`.
+        plots: data for `training.plots`.
+        info: anything that is not a number (the best constant action, skipped K, row counts).
+    """
+
+    name: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    rows: dict[str, RowStatistic] = field(default_factory=dict)
+    plots: PlotData = field(default_factory=PlotData)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def interval(self, metric: str) -> Interval:
+        """The metric with its interval (NaN bounds where it has none)."""
+        return Interval(
+            self.metrics[metric],
+            self.metrics.get(metric + _LO, float("nan")),
+            self.metrics.get(metric + _HI, float("nan")),
+        )
+
+    def as_metrics(self, prefix: str = "") -> dict[str, float]:
+        """The finite metrics, names prefixed (e.g. "popularity/"), ready for `mlflow.log_metrics`."""
+        return {prefix + k: float(v) for k, v in self.metrics.items() if np.isfinite(v)}
+
+    def _put(self, name: str, value: float | Interval) -> None:
+        if isinstance(value, Interval):
+            self.metrics[name] = value.point
+            self.metrics[name + _LO] = value.lo
+            self.metrics[name + _HI] = value.hi
+        else:
+            self.metrics[name] = float(value)
+
+
+def evaluate(
+    pred: Predictions,
+    data: FeatureData,
+    *,
+    catalogue_size: int,
+    ks: Sequence[int] = (5, 10, 20, 50),
+    truth: SimTruth | None = None,
+    rules: RuleConfig | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+    n_bins: int = 10,
+    name: str = "scorer",
+) -> EvaluationResult:
+    """Scores one scorer's predictions on one split: stage, propensities, recommendations and policies.
+
+    Args:
+        pred: the scorer's predictions for `data`'s rows.
+        data: the split.
+        catalogue_size: number of recommendable items (for coverage), e.g. `len(FeatureBuild.catalogue)`.
+        ks: cut-offs of the recommendation metrics (those above the ranking's length are skipped).
+        truth: the simulator's truth for these rows (`load_sim_truth`), or None on real data.
+        rules: business rules the policies obey.
+        n_boot: bootstrap resamples per interval (0: no intervals).
+        seed: bootstrap seed (the same for every scorer, so their resamples coincide).
+        alpha: 1 - coverage of the intervals.
+        n_bins: equal-width bins of the calibration error and reliability curves.
+        name: the scorer's name.
+    """
+    if truth is not None and len(truth.stage) != len(data):
+        raise ValueError(f"truth has {len(truth.stage)} rows, the data {len(data)}")
+    result = EvaluationResult(name=name, info={"n_rows": len(data)})
+    boot = {"n_boot": n_boot, "seed": seed, "alpha": alpha}
+    if pred.stage_proba is not None:
+        proba = np.asarray(pred.stage_proba)
+        _stage(result, proba, data.stage, "stage", boot)
+        if truth is not None and (truth.stage >= 0).any():
+            known = truth.stage >= 0
+            _stage(result, proba[known], truth.stage[known], "stage_true", boot)
+    for target, p in pred.propensity.items():
+        labels = _propensity_labels(data, target)
+        if labels is not None:
+            _propensity(result, target, labels, np.asarray(p, dtype=np.float64), n_bins, boot)
+    if pred.top_items is not None:
+        _recommendations(result, np.asarray(pred.top_items), data, catalogue_size, ks, boot)
+    if data.has_decisions.any():
+        _policies(result, pred, data, truth, rules, boot)
+    bad = [k for k in result.metrics if not is_valid_metric_name(k)]
+    if bad:  # a programming error: every name above is built from fixed parts
+        raise AssertionError(f"invalid metric names: {bad}")
+    return result
+
+
+def _stage(
+    result: EvaluationResult, proba: np.ndarray, y: np.ndarray, prefix: str, boot: Mapping[str, Any]
+) -> None:
+    n_classes = len(STAGES)
+    y_hat = proba.argmax(axis=1)
+    stats = {
+        "macro_f1": RowStatistic((y, y_hat), partial(macro_f1, n_classes=n_classes)),
+        "accuracy": RowStatistic((y, y_hat), accuracy),
+        "log_loss": RowStatistic((y, proba), multiclass_log_loss),
+    }
+    for metric, stat in stats.items():
+        result.rows[f"{prefix}/{metric}"] = stat
+        result._put(f"{prefix}/{metric}", stat.ci(**boot))
+    for s, f1 in zip(STAGES, f1_per_class(y, y_hat, n_classes), strict=True):
+        result._put(f"{prefix}/f1/{s}", f1)
+    result._put(f"{prefix}/n_rows", len(y))
+    confusion = confusion_matrix(y, y_hat, n_classes)
+    if prefix == "stage":
+        result.plots.confusion = confusion
+    else:
+        result.plots.confusion_true = confusion
+
+
+def _propensity_labels(data: FeatureData, target: str) -> np.ndarray | None:
+    """The 0/1 labels of a propensity target (NaN where unknown), or None if the data has none."""
+    if target in data.targets:
+        return np.asarray(data.targets[target], dtype=np.float64)
+    if target == "unsubscribe":
+        return np.asarray(data.unsubscribed, dtype=np.float64)
+    return None
+
+
+def _propensity(
+    result: EvaluationResult,
+    target: str,
+    labels: np.ndarray,
+    p: np.ndarray,
+    n_bins: int,
+    boot: Mapping[str, Any],
+) -> None:
+    known = np.isfinite(labels) & np.isfinite(p)
+    if not known.any():
+        return
+    y, p = labels[known], p[known]
+    ece = partial(expected_calibration_error, n_bins=n_bins)
+    stats = {
+        "roc_auc": RowStatistic((y, p), roc_auc),
+        "pr_auc": RowStatistic((y, p), average_precision),
+        "log_loss": RowStatistic((y, p), log_loss),
+        "ece": RowStatistic((y, p), ece),
+    }
+    # Intervals on a copy sorted by score: every resample then sorts an already sorted array, in O(n).
+    order = np.argsort(p, kind="stable")
+    for metric, stat in stats.items():
+        result.rows[f"{target}/{metric}"] = stat
+        sorted_stat = RowStatistic((y[order], p[order]), stat.statistic)
+        result._put(f"{target}/{metric}", sorted_stat.ci(**boot))
+    result._put(f"{target}/base_rate", float(y.mean()) if len(y) else float("nan"))
+    result._put(f"{target}/mean_predicted", float(p.mean()) if len(p) else float("nan"))
+    result._put(f"{target}/n_rows", len(y))
+    result.plots.reliability[target] = reliability_curve(y, p, n_bins)
+
+
+def _recommendations(
+    result: EvaluationResult,
+    top_items: np.ndarray,
+    data: FeatureData,
+    catalogue_size: int,
+    ks: Sequence[int],
+    boot: Mapping[str, Any],
+) -> None:
+    usable = [k for k in ks if k <= top_items.shape[1]]
+    if len(usable) < len(ks):
+        result.info["rec_skipped_ks"] = [k for k in ks if k > top_items.shape[1]]
+    if not usable:
+        return
+    # Padding and out-of-vocabulary items can never be recommended: they are not relevant either.
+    relevant = unique_relevant(data.next_items, min_item=FIRST)
+    repeat, explore = split_repeat_explore(relevant, data.tokens["item_id"])
+    per_row: dict[str, np.ndarray] = {}
+    for part, rel in (("rec/", relevant), ("rec/repeat/", repeat), ("rec/explore/", explore)):
+        for metric, values in ranking_metrics(top_items, rel, usable).items():
+            per_row[part + metric] = values
+        result._put(part + "n_rows", int(sum(len(r) > 0 for r in rel)))
+    intervals = bootstrap_means(per_row, **boot)
+    for metric, values in per_row.items():
+        result.rows[metric] = RowStatistic((values,))
+        result._put(metric, intervals[metric])
+    recommendable = np.where(top_items >= FIRST, top_items, -1)  # padding / unknown ids cover nothing
+    for k in usable:
+        result._put(f"rec/coverage_at_{k}", catalogue_coverage(recommendable, k, catalogue_size))
+        result.plots.recall_at_k[k] = intervals[f"rec/recall_at_{k}"]
+
+
+def _policies(
+    result: EvaluationResult,
+    pred: Predictions,
+    data: FeatureData,
+    truth: SimTruth | None,
+    rules: RuleConfig | None,
+    boot: Mapping[str, Any],
+) -> None:
+    logged, rows = LoggedBandit.from_feature_data(data)
+    if len(logged) == 0:
+        return
+    sub = data.subset(rows)
+    q_hat = None if pred.action_outcome is None else np.asarray(pred.action_outcome, dtype=np.float64)[rows]
+    policies = standard_policies(
+        sub,
+        stage_proba=None if pred.stage_proba is None else np.asarray(pred.stage_proba)[rows],
+        action_outcome=q_hat,
+        true_stage=None if truth is None else truth.stage[rows],
+        rules=rules,
+    )
+    # The best constant policy, by SNIPS on these rows (NOTES.md: compare against it, paired).
+    allowed = eligibility(aggregates_dict(sub), rules).allowed
+    constants = constant_policies(allowed)
+    best = max(constants, key=lambda a: estimator_terms("snips", logged, constants[a]).value())
+    policies["best_constant"] = constants[best]
+    result.info["best_constant_action"] = best
+    result._put("policy/n_decisions", len(logged))
+
+    p_convert = None if truth is None else truth.p_convert[rows]
+    estimators = [e for e in ESTIMATORS if q_hat is not None or e in ("ips", "snips")]
+    terms: dict[str, dict[str, RowStatistic]] = {}
+    for policy, pi in policies.items():
+        terms[policy] = {e: estimator_terms(e, logged, pi, q_hat) for e in estimators}
+        for e, stat in terms[policy].items():
+            value = stat.ci(**boot)
+            result.rows[f"policy/{policy}/{e}"] = stat
+            result._put(f"policy/{policy}/{e}", value)
+            result.plots.policy_values.setdefault(e, {})[policy] = value
+        w = importance_weights(logged, pi)
+        result._put(f"policy/{policy}/ess", effective_sample_size(w) / len(w))
+        result._put(f"policy/{policy}/send_rate", send_rate(pi))
+        if p_convert is not None:
+            result._put(f"policy/{policy}/true_value", true_policy_value(pi, p_convert))
+            result.plots.true_values[policy] = result.metrics[f"policy/{policy}/true_value"]
+
+    logging = logging_terms(logged)
+    result.rows["policy/logging/value"] = logging
+    result._put("policy/logging/value", logging.ci(**boot))
+    result._put("policy/logging/send_rate", float(np.mean(logged.action != NO_SEND)))
+    result.plots.policy_values.setdefault("value", {})["logging"] = result.interval("policy/logging/value")
+    if p_convert is not None:
+        result._put("policy/logging/true_value", true_logging_value(logged.action, p_convert))
+        result.plots.true_values["logging"] = result.metrics["policy/logging/true_value"]
+
+    if "learned" in policies:
+        learned = terms["learned"]
+        for other in ("no_send", "best_constant", "logging"):
+            for e in ("snips", "dr"):
+                if e not in learned:
+                    continue
+                base = logging if other == "logging" else terms[other][e]
+                result._put(f"policy/learned_minus_{other}/{e}", learned[e].minus(base, **boot))
+            if p_convert is not None:
+                result._put(
+                    f"policy/learned_minus_{other}/true_value",
+                    result.metrics["policy/learned/true_value"]
+                    - result.metrics[f"policy/{other}/true_value"],
+                )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Several scorers
+
+
+def compare(
+    a: EvaluationResult,
+    b: EvaluationResult,
+    metric: str,
+    *,
+    n_boot: int = 200,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> Interval:
+    """metric(a) - metric(b) with a paired bootstrap interval over the same rows.
+
+    Args:
+        a: one scorer's result.
+        b: another's, on the same split.
+        metric: a name in both results' `rows` (metrics with row-level data; not coverage or counts).
+
+    Raises:
+        KeyError: a result lacks the metric's row-level data.
+        ValueError: the two were evaluated on different rows.
+    """
+    return a.rows[metric].minus(b.rows[metric], n_boot=n_boot, seed=seed, alpha=alpha)
+
+
+def _base_names(results: Sequence[EvaluationResult]) -> list[str]:
+    names: dict[str, None] = {}
+    for r in results:
+        for k in r.metrics:
+            if not (k.endswith(_LO) or k.endswith(_HI)) or k[:-3] not in r.metrics:
+                names[k] = None
+    return list(names)
+
+
+def results_table(
+    results: Sequence[EvaluationResult],
+    metrics: Sequence[str] | None = None,
+    *,
+    digits: int = 4,
+) -> pd.DataFrame:
+    """Scorers side by side: one row per metric, one column per scorer, cells "value [lo, hi]".
+
+    Args:
+        results: the scorers' results (their names become the columns).
+        metrics: the rows, in order (default: every metric of any result, `_lo` / `_hi` folded in).
+        digits: decimals shown.
+
+    Returns:
+        A frame of strings ("" where a scorer lacks the metric), index named "metric".
+    """
+    names = list(metrics) if metrics is not None else _base_names(results)
+
+    def cell(r: EvaluationResult, m: str) -> str:
+        if m not in r.metrics or not np.isfinite(r.metrics[m]):
+            return "" if m not in r.metrics else "nan"
+        v = r.metrics[m]
+        text = f"{int(v):d}" if m.endswith(_COUNTS) else f"{v:.{digits}f}"
+        lo, hi = r.metrics.get(m + _LO), r.metrics.get(m + _HI)
+        if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
+            text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+        return text
+
+    columns = {}
+    for r in results:
+        column = r.name
+        i = 2
+        while column in columns:  # two results of the same name stay apart
+            column, i = f"{r.name} ({i})", i + 1
+        columns[column] = [cell(r, m) for m in names]
+    return pd.DataFrame(columns, index=pd.Index(names, name="metric"))
+
+
+def markdown_table(frame: pd.DataFrame) -> str:
+    """A frame of strings as a GitHub Markdown table (index as the first column)."""
+    header = [str(frame.index.name or ""), *map(str, frame.columns)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for idx, row in frame.iterrows():
+        lines.append("| " + " | ".join([str(idx), *(str(v) for v in row)]) + " |")
+    return "\n".join(lines)
