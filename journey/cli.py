@@ -132,6 +132,102 @@ def features_build(
 
 
 @app.command()
+def train(
+    config: Annotated[Path | None, typer.Option(help="YAML train config.")] = None,
+    features: Annotated[Path | None, typer.Option(help="Features build (overrides the config).")] = None,
+    shop: Annotated[
+        Path | None, typer.Option(help="Simulated shop, for true stages and policy values.")
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="Override a setting, e.g. fit.max_epochs=3 (repeatable)."),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """Train the sequence model and the baselines, evaluate on the test window, log and register in MLflow.
+
+    Runs as PyTorch DDP under `torchrun --nproc_per_node N`; only rank 0 logs and registers.
+    """
+    from training.train import TrainConfig, comparison_markdown
+    from training.train import train as run
+
+    overrides = _parse_overrides(set_)
+    if features:
+        overrides["features"] = str(features)
+    if shop:
+        overrides["shop"] = str(shop)
+    try:
+        cfg = TrainConfig.load(config, overrides)
+        result = run(cfg, progress=progress)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    if result.run_id:
+        typer.echo(comparison_markdown(result.results))
+        typer.echo(
+            f"\nrun {result.run_id}; registered journey-scorer version {result.version} (alias challenger)"
+        )
+
+
+@app.command()
+def evaluate(
+    features: Annotated[Path, typer.Option(help="Features build whose test window is evaluated.")],
+    model: Annotated[str, typer.Option(help="Registered version or alias of journey-scorer.")] = "champion",
+    shop: Annotated[
+        Path | None, typer.Option(help="Simulated shop, for true stages and policy values.")
+    ] = None,
+    baselines: Annotated[
+        bool, typer.Option(help="Fit the baselines on the build and show them beside.")
+    ] = True,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 200,
+) -> None:
+    """Evaluate a registered model (and the baselines) on the test window with the same code."""
+    import mlflow
+
+    from training.data import FeatureBuild
+    from training.registry import MODEL_NAME, configure
+    from training.train import TrainConfig, comparison_markdown, evaluate_scorers, fit_baselines
+
+    configure()
+    build = FeatureBuild.open(features)
+    ref = f"models:/{MODEL_NAME}/{model}" if model.isdigit() else f"models:/{MODEL_NAME}@{model}"
+    pyfunc = mlflow.pyfunc.load_model(ref).unwrap_python_model()
+
+    class Registered:
+        name = f"registered_{model}"
+
+        def predict(self, data, k=50):
+            return pyfunc.predict_features(data, k=k)
+
+    cfg = TrainConfig(features=str(features), shop=str(shop) if shop else None, n_boot=n_boot)
+    scorers: dict[str, object] = {Registered.name: Registered()}
+    if baselines:
+        scorers.update(fit_baselines(cfg, build.split("train"), build.split("valid"), {}))
+    results = evaluate_scorers(scorers, build, build.split("test"), cfg)
+    typer.echo(comparison_markdown(results))
+
+
+@app.command()
+def promote(
+    features: Annotated[
+        Path, typer.Option(help="Features build whose test window both models are scored on.")
+    ],
+    candidate: Annotated[str, typer.Option(help="Version number or alias of the candidate.")] = "challenger",
+    tolerance: Annotated[float, typer.Option(help="How much worse a gate metric may be.")] = 0.0,
+    force: Annotated[bool, typer.Option(help="Promote even if the gate fails (logged as forced).")] = False,
+) -> None:
+    """Move the alias `champion` to the candidate only if it is at least as good on the gate metrics."""
+    from training.train import promote as run
+
+    if force:
+        typer.secho("WARNING: --force promotes the candidate even if it is worse than the champion.",
+                    fg=typer.colors.YELLOW, err=True, bold=True)  # fmt: skip
+    decision = run(features, candidate, tolerance=tolerance, force=force)
+    typer.echo(decision.summary())
+    if not decision.promoted:
+        raise typer.Exit(code=3)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its shop and features.")] = Path(
         "demo_output"

@@ -1,0 +1,186 @@
+"""The sequence model: one encoder over event tokens, with heads for stage, propensities, next items and
+the outcome of each action. Module and config only; the training loop lives in `training.train`.
+
+Input per row: the left-padded token sequences of `features.encoder` (oldest event first) and the
+aggregates. A summary token, built from the aggregates, is appended after the last event; the encoder's
+output at that token is the customer's state. It is never padding, so a customer without events still
+gets a state (cold start), and the aggregates (recency, frequency, consent, ...) reach every head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from features.encoder import TOKEN_FIELDS
+from features.schema import ACTIONS, EVENT_TYPES, STAGES, EventType
+from features.vocab import FIRST
+
+PROPENSITY_HEADS: tuple[str, ...] = ("purchase_7d", "purchase_30d", "churn_30d", "unsubscribe")
+# Events whose item counts as "the customer's own history" for the repeat mechanism, and their index.
+_REPEAT_EVENTS = (EventType.PRODUCT_VIEW, EventType.ADD_TO_CART, EventType.CHECKOUT_START, EventType.PURCHASE)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the model. `token_sizes`, `n_items` and `n_aggregates` come from the features build.
+
+    Attributes:
+        encoder: "transformer" or "gru" (chosen by measurement: see BENCHMARKS.md).
+        d_model: width of embeddings and of the encoder.
+        n_layers, n_heads, dropout: encoder shape.
+        repeat: add a repeat head that scores the customer's own past items by event type and recency
+            (RepeatNet / ReCANet style), mixed with the catalogue-wide head.
+    """
+
+    token_sizes: dict[str, int] = field(default_factory=dict)
+    n_items: int = 0
+    n_aggregates: int = 0
+    max_len: int = 50
+    encoder: Literal["transformer", "gru"] = "transformer"
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    dropout: float = 0.1
+    repeat: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        return cls(**data)
+
+
+@dataclass
+class ModelOutput:
+    """Raw head outputs (logits) for a batch of B rows."""
+
+    stage: Tensor  # (B, n_stages) logits
+    propensity: Tensor  # (B, len(PROPENSITY_HEADS)) logits
+    items: Tensor  # (B, n_items) logits over the whole item index space (pad and OOV masked)
+    action: Tensor  # (B, n_actions) logits of P(outcome | action)
+
+
+class JourneyModel(nn.Module):
+    """Event-sequence encoder with stage, propensity, next-item and action-outcome heads."""
+
+    agg_scale: Tensor
+    repeat_mask: Tensor
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.embed = nn.ModuleDict(
+            {name: nn.Embedding(config.token_sizes[name], d, padding_idx=0) for name in TOKEN_FIELDS}
+        )
+        # The item embedding is shared with the next-item head (tied weights): items the customer touched
+        # and items to recommend live in one space.
+        self.item_bias = nn.Parameter(torch.zeros(config.n_items))
+        self.position = nn.Embedding(config.max_len + 1, d)
+        self.summary = nn.Sequential(nn.Linear(config.n_aggregates, d), nn.GELU(), nn.Linear(d, d))
+        self.norm_in = nn.LayerNorm(d)
+        self.drop = nn.Dropout(config.dropout)
+        if config.encoder == "transformer":
+            layer = nn.TransformerEncoderLayer(
+                d,
+                config.n_heads,
+                dim_feedforward=2 * d,
+                dropout=config.dropout,
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder: nn.Module = nn.TransformerEncoder(
+                layer, config.n_layers, enable_nested_tensor=False
+            )
+        else:
+            self.encoder = nn.GRU(d, d, num_layers=config.n_layers, batch_first=True, dropout=config.dropout)
+        self.norm_out = nn.LayerNorm(d)
+        self.stage_head = nn.Linear(d, len(STAGES))
+        self.propensity_head = nn.Linear(d, len(PROPENSITY_HEADS))
+        self.action_head = nn.Linear(d, len(ACTIONS))
+        self.item_query = nn.Linear(d, d)
+        # Repeat mechanism: a learned weight per (event type, recency position) of the customer's history.
+        self.repeat_weight = nn.Parameter(torch.zeros(len(EVENT_TYPES) + FIRST, config.max_len))
+        self.repeat_gate = nn.Linear(d, 1)
+        repeat_mask = torch.zeros(len(EVENT_TYPES) + FIRST, dtype=torch.bool)
+        for e in _REPEAT_EVENTS:
+            repeat_mask[EVENT_TYPES.index(e) + FIRST] = True
+        self.register_buffer("repeat_mask", repeat_mask, persistent=False)
+        # Aggregates arrive in raw units (days, counts, money): a log transform keeps them comparable.
+        self.register_buffer("agg_scale", torch.ones(config.n_aggregates))
+
+    def forward(self, tokens: dict[str, Tensor], aggregates: Tensor) -> ModelOutput:
+        """Args:
+        tokens: field -> (B, L) int64, left-padded.
+        aggregates: (B, n_aggregates) float32.
+        """
+        event_type = tokens["event_type"]  # (B, L)
+        B, L = event_type.shape
+        x = sum(self.embed[name](tokens[name]) for name in TOKEN_FIELDS)  # (B, L, d)
+        agg = torch.sign(aggregates) * torch.log1p(aggregates.abs() / self.agg_scale)
+        summary = self.summary(agg).unsqueeze(1)  # (B, 1, d)
+        h = torch.cat([x, summary], dim=1)  # (B, L+1, d)
+        h = h + self.position(torch.arange(L + 1, device=h.device)).unsqueeze(0)
+        h = self.drop(self.norm_in(h))
+        pad = torch.cat([event_type == 0, torch.zeros(B, 1, dtype=torch.bool, device=h.device)], dim=1)
+        if isinstance(self.encoder, nn.GRU):
+            out, _ = self.encoder(h)
+        else:
+            out = self.encoder(h, src_key_padding_mask=pad)
+        state = self.norm_out(out[:, -1])  # (B, d): the summary token's output
+
+        item_emb = self.embed["item_id"].weight  # (n_items, d)
+        items = self.item_query(state) @ item_emb.T + self.item_bias  # (B, n_items)
+        if self.config.repeat:
+            items = items + self._repeat_scores(tokens, state)
+        items = items.clone()
+        items[:, :FIRST] = float("-inf")  # never recommend padding or out-of-vocabulary
+        return ModelOutput(
+            stage=self.stage_head(state),
+            propensity=self.propensity_head(state),
+            items=items,
+            action=self.action_head(state),
+        )
+
+    def _repeat_scores(self, tokens: dict[str, Tensor], state: Tensor) -> Tensor:
+        """(B, n_items): learned score of each item the customer touched, by event type and recency."""
+        event_type, item = tokens["event_type"], tokens["item_id"]
+        L = event_type.shape[1]
+        recency = torch.arange(L, device=item.device).flip(0)  # 0 = most recent position
+        w = self.repeat_weight[event_type, recency.unsqueeze(0).expand_as(event_type)]  # (B, L)
+        w = torch.where(self.repeat_mask[event_type] & (item >= FIRST), torch.nn.functional.softplus(w), 0.0)
+        scores = torch.zeros(item.shape[0], self.config.n_items, device=item.device, dtype=w.dtype)
+        scores.scatter_add_(1, item, w)
+        return torch.sigmoid(self.repeat_gate(state)) * 4.0 * torch.log1p(scores)
+
+
+@dataclass
+class Calibration:
+    """Temperatures fitted on the validation window: logits / T before softmax or sigmoid."""
+
+    stage: float = 1.0
+    propensity: list[float] = field(default_factory=lambda: [1.0] * len(PROPENSITY_HEADS))
+    action: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(**data)
+
+
+def probabilities(out: ModelOutput, calibration: Calibration) -> dict[str, Tensor]:
+    """Calibrated probabilities of every head (item scores stay logits: only their order matters)."""
+    temps = torch.tensor(calibration.propensity, device=out.propensity.device)
+    return {
+        "stage": torch.softmax(out.stage / calibration.stage, dim=-1),
+        "propensity": torch.sigmoid(out.propensity / temps),
+        "action": torch.sigmoid(out.action / calibration.action),
+        "items": out.items,
+    }

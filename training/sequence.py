@@ -1,0 +1,408 @@
+"""The sequence model behind the `Scorer` interface: the training loop, calibration, prediction, save/load.
+
+The loop takes the model, loss and optimiser as arguments of its parts; it runs in one process or under
+`torchrun` as DDP (gloo on CPU, NCCL on GPUs), where every rank evaluates the whole validation window so
+that all ranks take the same early-stopping decision.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from features.encoder import TOKEN_FIELDS
+from features.schema import ACTIONS
+from features.vocab import FIRST
+from training.data import PROPENSITY_TARGETS, FeatureData
+from training.interface import Predictions
+from training.model import (
+    PROPENSITY_HEADS,
+    Calibration,
+    JourneyModel,
+    ModelConfig,
+    ModelOutput,
+    probabilities,
+)
+
+log = logging.getLogger(__name__)
+NO_SEND = ACTIONS.index("no_send")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Optimisation settings.
+
+    Attributes:
+        max_epochs: upper bound; early stopping on the validation loss usually stops sooner.
+        patience: epochs without validation improvement before stopping.
+        max_train_rows: sample at most this many training rows (0: all), seeded.
+        max_next_items: relevant next items per row used by the item loss.
+        ipw_clip: cap on 1 / logged propensity in the action-outcome loss.
+        loss_weights: stage, propensity, items, action.
+    """
+
+    max_epochs: int = 8
+    patience: int = 2
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    max_train_rows: int = 0
+    max_next_items: int = 10
+    ipw_clip: float = 20.0
+    loss_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    seed: int = 0
+    device: str = "auto"
+
+    def resolve_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
+
+
+class RowDataset(Dataset[dict[str, Tensor]]):
+    """FeatureData as tensors, one dict per row."""
+
+    def __init__(self, data: FeatureData, max_next_items: int) -> None:
+        self.tokens = {name: torch.from_numpy(data.tokens[name]) for name in TOKEN_FIELDS}
+        self.aggregates = torch.from_numpy(data.aggregates)
+        self.stage = torch.from_numpy(data.stage)
+        self.targets = torch.from_numpy(np.column_stack([data.targets[t] for t in PROPENSITY_TARGETS]))
+        nxt = np.full((len(data), max_next_items), -1, dtype=np.int64)
+        for i, items in enumerate(data.next_items):
+            items = items[items >= FIRST][:max_next_items]
+            nxt[i, : len(items)] = items
+        self.next_items = torch.from_numpy(nxt)
+        self.action = torch.from_numpy(data.logged_action)
+        self.propensity = torch.from_numpy(np.nan_to_num(data.logged_propensity, nan=1.0))
+        self.outcome = torch.from_numpy(np.nan_to_num(data.outcome, nan=0.0))
+        self.unsubscribed = torch.from_numpy(np.nan_to_num(data.unsubscribed, nan=-1.0))
+
+    def __len__(self) -> int:
+        return len(self.stage)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        row = {f"tok_{n}": t[i] for n, t in self.tokens.items()}
+        row.update(
+            aggregates=self.aggregates[i],
+            stage=self.stage[i],
+            targets=self.targets[i],
+            next_items=self.next_items[i],
+            action=self.action[i],
+            propensity=self.propensity[i],
+            outcome=self.outcome[i],
+            unsubscribed=self.unsubscribed[i],
+        )
+        return row
+
+
+def split_batch(batch: dict[str, Tensor], device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
+    tokens = {n: batch[f"tok_{n}"].to(device) for n in TOKEN_FIELDS}
+    return tokens, batch["aggregates"].to(device)
+
+
+def journey_loss(
+    out: ModelOutput, batch: dict[str, Tensor], config: FitConfig
+) -> tuple[Tensor, dict[str, float]]:
+    """The multi-task loss: stage CE + propensity BCE + full-catalogue softmax CE for next items +
+    inverse-propensity-weighted BCE for the logged action's outcome."""
+    device = out.stage.device
+    w_stage, w_prop, w_items, w_action = config.loss_weights
+    stage = F.cross_entropy(out.stage, batch["stage"].to(device))
+
+    targets = batch["targets"].to(device)  # (B, 3)
+    unsub = batch["unsubscribed"].to(device)  # -1 where no send was logged
+    sent = (batch["action"].to(device) >= 0) & (batch["action"].to(device) != NO_SEND) & (unsub >= 0)
+    prop = F.binary_cross_entropy_with_logits(out.propensity[:, : len(PROPENSITY_TARGETS)], targets)
+    if sent.any():
+        prop = prop + F.binary_cross_entropy_with_logits(out.propensity[sent, -1], unsub[sent])
+
+    nxt = batch["next_items"].to(device)  # (B, M), -1 padded
+    has = nxt >= 0
+    items = out.items.new_zeros(())
+    if has.any():
+        logp = torch.log_softmax(out.items, dim=-1)
+        picked = logp.gather(1, nxt.clamp(min=0))  # (B, M)
+        items = -torch.where(has, picked, 0.0).sum() / has.sum()
+
+    action = batch["action"].to(device)
+    logged = action >= 0
+    act = out.action.new_zeros(())
+    if logged.any():
+        logit = out.action[logged].gather(1, action[logged].unsqueeze(1)).squeeze(1)
+        weight = (1.0 / batch["propensity"].to(device)[logged]).clamp(max=config.ipw_clip)
+        bce = F.binary_cross_entropy_with_logits(logit, batch["outcome"].to(device)[logged], reduction="none")
+        act = (weight * bce).sum() / weight.sum()
+    total = w_stage * stage + w_prop * prop + w_items * items + w_action * act
+    parts = {"stage": stage.item(), "propensity": prop.item(), "items": items.item(), "action": act.item()}
+    return total, parts
+
+
+def _ddp() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class SequenceScorer:
+    """The PyTorch sequence model as a `Scorer`."""
+
+    name = "sequence"
+
+    def __init__(
+        self,
+        model_config: ModelConfig,
+        fit_config: FitConfig | None = None,
+        on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.model_config = model_config
+        self.fit_config = fit_config or FitConfig()
+        self.on_epoch = on_epoch
+        self.progress = progress
+
+    # -- training -------------------------------------------------------------------------------------
+    def fit(self, train: FeatureData, valid: FeatureData) -> SequenceScorer:
+        cfg = self.fit_config
+        torch.manual_seed(cfg.seed)
+        rank, world = _ddp()
+        device = cfg.resolve_device()
+        if world > 1 and device.type == "cuda":
+            device = torch.device("cuda", rank % torch.cuda.device_count())
+        if cfg.max_train_rows and len(train) > cfg.max_train_rows:
+            rng = np.random.default_rng(cfg.seed)
+            train = train.subset(np.sort(rng.choice(len(train), cfg.max_train_rows, replace=False)))
+        model = JourneyModel(self.model_config).to(device)
+        model.agg_scale.copy_(torch.from_numpy(_agg_scale(train.aggregates)).to(device))
+        net: nn.Module = model
+        if world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+        dataset = RowDataset(train, cfg.max_next_items)
+        sampler: DistributedSampler[dict[str, Tensor]] | None = (
+            DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if world > 1 else None
+        )
+        generator = torch.Generator().manual_seed(cfg.seed)
+        loader = DataLoader(
+            dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator
+        )
+        optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        steps = cfg.max_epochs * math.ceil(len(loader))
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=max(steps, 1))
+        best, best_state, bad = math.inf, None, 0
+        self.history_: list[dict[str, float]] = []
+        for epoch in range(cfg.max_epochs):
+            if sampler is not None:
+                sampler.set_epoch(epoch)
+            started = time.perf_counter()
+            train_loss = self._train_epoch(net, loader, optimiser, scheduler, device, epoch)
+            valid_loss, parts = self._valid_loss(model, valid, device)
+            record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
+                      "epoch_seconds": time.perf_counter() - started}  # fmt: skip
+            record.update({f"valid_{k}_loss": v for k, v in parts.items()})
+            self.history_.append(record)
+            if rank == 0:
+                log.info("epoch %d: train %.4f valid %.4f (%.0f s)", epoch, train_loss, valid_loss,
+                         record["epoch_seconds"])  # fmt: skip
+                if self.on_epoch:
+                    self.on_epoch(epoch, record)
+            if valid_loss < best - 1e-4:
+                best, bad = valid_loss, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                bad += 1
+                if bad >= cfg.patience:
+                    break
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        self.model_ = model.to("cpu").eval()
+        self.calibration_ = self._calibrate(valid)
+        return self
+
+    def _train_epoch(
+        self,
+        net: nn.Module,
+        loader: DataLoader[dict[str, Tensor]],
+        optimiser: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        device: torch.device,
+        epoch: int,
+    ) -> float:
+        from features.progress import progress_bar
+
+        net.train()
+        total, n = 0.0, 0
+        rank, world = _ddp()
+        with progress_bar(self.progress and rank == 0, f"epoch {epoch}", total=len(loader)) as advance:
+            for batch in loader:
+                tokens, agg = split_batch(batch, device)
+                loss, _ = journey_loss(net(tokens, agg), batch, self.fit_config)
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                optimiser.step()
+                scheduler.step()
+                total += loss.item() * len(batch["stage"])
+                n += len(batch["stage"])
+                advance(1)
+        if world > 1:
+            t = torch.tensor([total, n], dtype=torch.float64, device=device)
+            dist.all_reduce(t)
+            total, n = float(t[0]), int(t[1])
+        return total / max(n, 1)
+
+    @torch.inference_mode()
+    def _valid_loss(
+        self, model: JourneyModel, valid: FeatureData, device: torch.device
+    ) -> tuple[float, dict[str, float]]:
+        model.eval()
+        loader = DataLoader(RowDataset(valid, self.fit_config.max_next_items), batch_size=2048)
+        total, n = 0.0, 0
+        parts: dict[str, float] = {}
+        for batch in loader:
+            tokens, agg = split_batch(batch, device)
+            loss, p = journey_loss(model(tokens, agg), batch, self.fit_config)
+            size = len(batch["stage"])
+            total += loss.item() * size
+            n += size
+            for k, v in p.items():
+                parts[k] = parts.get(k, 0.0) + v * size
+        return total / max(n, 1), {k: v / max(n, 1) for k, v in parts.items()}
+
+    @torch.inference_mode()
+    def _calibrate(self, valid: FeatureData) -> Calibration:
+        """Temperature scaling per head on the validation window (minimum negative log-likelihood)."""
+        outs = self._forward_all(valid)
+        grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 49))
+        stage_logits = outs["stage"]
+        y = valid.stage
+
+        def nll_softmax(t: float) -> float:
+            z = stage_logits / t
+            z = z - z.max(axis=1, keepdims=True)
+            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+            return float(-logp[np.arange(len(y)), y].mean())
+
+        def nll_sigmoid(logit: np.ndarray, target: np.ndarray, t: float) -> float:
+            z = logit / t
+            return float(np.mean(np.logaddexp(0, z) - target * z))
+
+        stage_t = float(min(grid, key=nll_softmax)) if len(y) else 1.0
+        prop_t = []
+        for j, name in enumerate(PROPENSITY_HEADS):
+            if name == "unsubscribe":
+                ok = (
+                    (valid.logged_action >= 0)
+                    & (valid.logged_action != NO_SEND)
+                    & ~np.isnan(valid.unsubscribed)
+                )
+                target = valid.unsubscribed[ok]
+            else:
+                ok = np.ones(len(valid), dtype=bool)
+                target = valid.targets[name]
+            logit = outs["propensity"][ok, j]
+            prop_t.append(float(min(grid, key=lambda t: nll_sigmoid(logit, target, t))) if ok.any() else 1.0)
+        ok = valid.logged_action >= 0
+        action_t = 1.0
+        if ok.any():
+            logit = outs["action"][ok, valid.logged_action[ok]]
+            action_t = float(min(grid, key=lambda t: nll_sigmoid(logit, valid.outcome[ok], t)))
+        return Calibration(stage=stage_t, propensity=prop_t, action=action_t)
+
+    # -- prediction -----------------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _forward_all(self, data: FeatureData, k: int = 0) -> dict[str, np.ndarray]:
+        model = self.model_
+        chunks: dict[str, list[np.ndarray]] = {"stage": [], "propensity": [], "action": [], "top": []}
+        for lo in range(0, len(data), 2048):
+            hi = min(lo + 2048, len(data))
+            tokens = {n: torch.from_numpy(data.tokens[n][lo:hi]) for n in TOKEN_FIELDS}
+            out = model(tokens, torch.from_numpy(data.aggregates[lo:hi]))
+            chunks["stage"].append(out.stage.numpy())
+            chunks["propensity"].append(out.propensity.numpy())
+            chunks["action"].append(out.action.numpy())
+            if k:
+                chunks["top"].append(torch.topk(out.items, k, dim=1).indices.numpy())
+        return {key: np.concatenate(v) if v else np.zeros((0,)) for key, v in chunks.items()}
+
+    def predict(self, data: FeatureData, k: int = 50) -> Predictions:
+        k = min(k, self.model_config.n_items - FIRST)
+        outs = self._forward_all(data, k)
+        cal = self.calibration_
+        logits = ModelOutput(
+            stage=torch.from_numpy(outs["stage"]),
+            propensity=torch.from_numpy(outs["propensity"]),
+            items=torch.zeros(len(data), 1),
+            action=torch.from_numpy(outs["action"]),
+        )
+        probs = probabilities(logits, cal)
+        prop = probs["propensity"].numpy()
+        return Predictions(
+            stage_proba=probs["stage"].numpy(),
+            propensity={name: prop[:, j] for j, name in enumerate(PROPENSITY_HEADS)},
+            top_items=outs["top"],
+            action_outcome=probs["action"].numpy(),
+        )
+
+    # -- persistence ----------------------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model_.state_dict(), path / "weights.pt")
+        meta = {
+            "model_config": self.model_config.to_dict(),
+            "fit_config": asdict(self.fit_config),
+            "calibration": self.calibration_.to_dict(),
+            "history": self.history_,
+        }
+        (path / "sequence.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> SequenceScorer:
+        meta = json.loads((path / "sequence.json").read_text())
+        fit = dict(meta["fit_config"])
+        fit["loss_weights"] = tuple(fit["loss_weights"])
+        scorer = cls(ModelConfig.from_dict(meta["model_config"]), FitConfig(**fit), progress=False)
+        model = JourneyModel(scorer.model_config)
+        model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
+        scorer.model_ = model.eval()
+        scorer.calibration_ = Calibration.from_dict(meta["calibration"])
+        scorer.history_ = meta.get("history", [])
+        return scorer
+
+
+def _agg_scale(aggregates: np.ndarray) -> np.ndarray:
+    """Per-aggregate scale (median of non-zero absolute values) for the model's log transform."""
+    scale = np.ones(aggregates.shape[1], dtype=np.float32)
+    for j in range(aggregates.shape[1]):
+        nz = np.abs(aggregates[:, j])
+        nz = nz[nz > 0]
+        if len(nz):
+            scale[j] = max(float(np.median(nz)), 1e-3)
+    return scale
+
+
+def model_config_for(build: Any, **overrides: Any) -> ModelConfig:
+    """A model config sized for a features build (`training.data.FeatureBuild`)."""
+    from features.encoder import AGGREGATE_NAMES
+
+    return ModelConfig(
+        token_sizes={k: int(v) for k, v in build.manifest["token_sizes"].items()},
+        n_items=build.n_items,
+        n_aggregates=len(AGGREGATE_NAMES),
+        max_len=build.max_len,
+        **overrides,
+    )

@@ -1,0 +1,313 @@
+"""`journey train`, `journey evaluate` and `journey promote` as library functions.
+
+One training run: load a features build, fit the sequence model and every baseline on the training window
+(early stopping on validation), evaluate all of them with the same code on the test window, log the whole
+config, the dataset and its digest, per-epoch losses, every scorer's test metrics under parallel names
+(`sequence/...`, `popularity/...`), the plots, and the self-contained model, registered as
+`journey-scorer` with the alias `challenger`. Under `torchrun` only rank 0 logs and registers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pyarrow.parquet as pq
+import torch
+import torch.distributed as dist
+import yaml
+
+from features.build import input_files
+from features.policy import RuleConfig
+from training.data import FeatureBuild, FeatureData
+from training.evaluate import EvaluationResult, evaluate, load_sim_truth, markdown_table, results_table
+from training.interface import Predictions, Scorer
+from training.model import ModelConfig
+from training.registry import (
+    CHAMPION,
+    GATE_METRICS,
+    MODEL_NAME,
+    GateDecision,
+    champion_version,
+    configure,
+    gate,
+    log_scorer,
+    resolve_version,
+)
+from training.sequence import FitConfig, SequenceScorer, model_config_for
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything one training run needs; loaded from YAML plus `key=value` overrides, logged whole.
+
+    Attributes:
+        features: the features build to train on.
+        shop: a simulated shop (for the true stages and policy values), if the data is simulated.
+        experiment: MLflow experiment name.
+        model: `training.model.ModelConfig` fields (sizes come from the build).
+        fit: `training.sequence.FitConfig` fields.
+        baselines: `training.baselines.BaselineConfig` fields; `enabled: false` skips them.
+        ks: recommendation cut-offs.
+        n_boot: bootstrap resamples for the intervals.
+        register: log and register the model.
+    """
+
+    features: str = "demo_output/features"
+    shop: str | None = None
+    experiment: str = "journey"
+    model: dict[str, Any] = field(default_factory=dict)
+    fit: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Any] = field(default_factory=dict)
+    ks: tuple[int, ...] = (5, 10, 20, 50)
+    n_boot: int = 200
+    register: bool = True
+
+    @classmethod
+    def load(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        data: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}) if path else {}
+        for dotted, value in (overrides or {}).items():
+            target = data
+            *parents, leaf = dotted.split(".")
+            for p in parents:
+                target = target.setdefault(p, {})
+            target[leaf] = value
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown train setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        if "ks" in data:
+            data["ks"] = tuple(data["ks"])
+        return cls(**data)
+
+    def fit_config(self) -> FitConfig:
+        values = dict(self.fit)
+        if "loss_weights" in values:
+            values["loss_weights"] = tuple(values["loss_weights"])
+        return FitConfig(**values)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def init_distributed() -> bool:
+    """Joins the process group when started by torchrun (gloo on CPU, NCCL on GPUs)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend=backend)
+    return True
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    version: str | None
+    results: list[EvaluationResult]
+    seconds: dict[str, float]
+
+
+def fit_baselines(
+    config: TrainConfig, train_data: FeatureData, valid: FeatureData, seconds: dict[str, float]
+) -> dict[str, Scorer]:
+    """Every baseline fitted on the same training window, timed."""
+    from training.baselines import all_baselines
+
+    fitted: dict[str, Scorer] = {}
+    if not config.baselines.get("enabled", True):
+        return fitted
+    for baseline in all_baselines({k: v for k, v in config.baselines.items() if k != "enabled"}):
+        started = time.perf_counter()
+        baseline.fit(train_data, valid)
+        seconds[baseline.name] = time.perf_counter() - started
+        fitted[baseline.name] = baseline
+    return fitted
+
+
+def evaluate_scorers(
+    scorers: dict[str, Scorer | Any],
+    build: FeatureBuild,
+    test: FeatureData,
+    config: TrainConfig,
+) -> list[EvaluationResult]:
+    """The same evaluation for every scorer on the test window."""
+    truth = None
+    if config.shop:
+        truth = load_sim_truth(Path(config.shop), build.path, "test", test)
+    results = []
+    for name, scorer in scorers.items():
+        pred: Predictions = scorer.predict(test, k=max(config.ks))
+        results.append(
+            evaluate(
+                pred,
+                test,
+                catalogue_size=len(build.catalogue),
+                ks=config.ks,
+                truth=truth,
+                rules=RuleConfig(),
+                n_boot=config.n_boot,
+                name=name,
+            )
+        )
+    return results
+
+
+def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
+    """Fits the model and the baselines, evaluates them on the test window, logs and registers."""
+    distributed = init_distributed()
+    rank = _rank()
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
+    build = FeatureBuild.open(Path(config.features))
+    train_data, valid, test = build.split("train"), build.split("valid"), build.split("test")
+    model_config: ModelConfig = model_config_for(build, **config.model)
+    if rank == 0:
+        configure(config.experiment)
+        mlflow.start_run()
+        flat: dict[str, Any] = {}
+        _flatten("", asdict(config), flat)
+        _flatten("model_config", model_config.to_dict(), flat)
+        _flatten("fit_config", asdict(config.fit_config()), flat)
+        mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
+        mlflow.log_dict(asdict(config), "config.yaml")
+        mlflow.log_dict(build.manifest, "features_manifest.json")
+        _log_dataset(build)
+        mlflow.set_tags(
+            {
+                "features_digest": build.manifest["input"]["digest"],
+                "world_size": os.environ.get("WORLD_SIZE", "1"),
+            }
+        )
+
+    def on_epoch(epoch: int, record: dict[str, float]) -> None:
+        mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
+
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    sequence = SequenceScorer(model_config, config.fit_config(), on_epoch=on_epoch if rank == 0 else None,
+                              progress=progress).fit(train_data, valid)  # fmt: skip
+    seconds["sequence"] = time.perf_counter() - started
+    if distributed:
+        dist.barrier()
+    if rank != 0:
+        dist.destroy_process_group()
+        return TrainResult(None, None, [], seconds)
+
+    scorers: dict[str, Any] = {"sequence": sequence, **fit_baselines(config, train_data, valid, seconds)}
+    results = evaluate_scorers(scorers, build, test, config)
+    for r in results:
+        mlflow.log_metrics(r.as_metrics(f"{r.name}/"))
+        mlflow.log_metric(f"{r.name}/fit_seconds", seconds[r.name])
+    table = results_table(results)
+    mlflow.log_text(markdown_table(table), "comparison.md")
+    from training.plots import evaluation_figures
+
+    for filename, figure in evaluation_figures(results).items():
+        mlflow.log_figure(figure, f"plots/{filename}")
+    version = None
+    if config.register:
+        example = _example_events(build)
+        version = str(log_scorer(sequence, build.vocab, example))
+        mlflow.set_tag("registered_version", version)
+    run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
+    mlflow.end_run()
+    if distributed:
+        dist.destroy_process_group()
+    return TrainResult(run_id, version, results, seconds)
+
+
+def _log_dataset(build: FeatureBuild) -> None:
+    """Logs the features build as the run's input dataset, with the digest of its source events."""
+    import pandas as pd
+    from mlflow.data.pandas_dataset import from_pandas
+
+    manifest = build.manifest
+    summary = pd.DataFrame(
+        [
+            {"split": split, "rows": n, "events_digest": manifest["input"]["digest"]}
+            for split, n in manifest["rows"].items()
+        ]
+    )
+    dataset = from_pandas(
+        summary, source=str(build.path.resolve()), name="features", digest=manifest["input"]["digest"][:32]
+    )
+    mlflow.log_input(dataset, context="training")
+
+
+def _example_events(build: FeatureBuild, n: int = 20) -> Any:
+    """A few real events of one customer from the build's input, for the model's input example."""
+    events_path = Path(build.manifest["input"]["events"])
+    table = pq.read_table(input_files(events_path)[0]).slice(0, 2000).to_pandas()
+    for col in table.columns:
+        if hasattr(table[col], "cat"):
+            table[col] = table[col].astype(object)
+    first = table["customer_id"].iloc[0]
+    return table[table["customer_id"] == first].head(n).reset_index(drop=True)
+
+
+def promote(
+    features: Path,
+    candidate: str = "challenger",
+    *,
+    metrics: tuple[str, ...] = GATE_METRICS,
+    tolerance: float = 0.0,
+    force: bool = False,
+    n_boot: int = 0,
+) -> GateDecision:
+    """Moves `champion` to the candidate only if it is at least as good on the gate metrics.
+
+    Both models are evaluated by the same code on the same test data (the given build's test window);
+    the decision and its figures are logged to the `journey-promotions` experiment.
+    """
+    configure("journey-promotions")
+    client = mlflow.MlflowClient()
+    version = resolve_version(candidate)
+    current = champion_version()
+    build = FeatureBuild.open(features)
+    test = build.split("test")
+
+    def metrics_of(v: str) -> dict[str, float]:
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{v}").unwrap_python_model()
+        result = evaluate(model.predict_features(test, k=10), test, catalogue_size=len(build.catalogue),
+                          ks=(10,), n_boot=n_boot, name=f"v{v}")  # fmt: skip
+        return {m: result.metrics[m] for m in metrics}
+
+    cand = metrics_of(version)
+    champ = metrics_of(current) if current and current != version else None
+    failures = gate(cand, champ, metrics, tolerance)
+    promoted = not failures or force
+    with mlflow.start_run(run_name=f"promote v{version}"):
+        params = {"candidate": version, "champion": current or "", "tolerance": tolerance, "force": force}
+        mlflow.log_params({**params, "features": str(features), "gate_metrics": ",".join(metrics)})
+        mlflow.log_metrics({f"candidate/{k}": v for k, v in cand.items()})
+        if champ:
+            mlflow.log_metrics({f"champion/{k}": v for k, v in champ.items()})
+        mlflow.set_tags(
+            {"decision": "promoted" if promoted else "refused", "forced": str(force and bool(failures))}
+        )
+    if promoted:
+        client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+        if force and failures:
+            log.warning("FORCED promotion of version %s despite failing %s", version, failures)
+    return GateDecision(version, current, promoted, force and bool(failures), cand, champ or {}, failures)
+
+
+def comparison_markdown(results: list[EvaluationResult]) -> str:
+    return markdown_table(results_table(results))
