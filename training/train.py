@@ -129,11 +129,11 @@ def fit_baselines(
     config: TrainConfig, train_data: FeatureData, valid: FeatureData, seconds: dict[str, float]
 ) -> dict[str, Scorer]:
     """Every baseline fitted on the same training window, timed."""
-    from training.baselines import all_baselines
-
     fitted: dict[str, Scorer] = {}
     if not config.baselines.get("enabled", True):
         return fitted
+    from training.baselines import all_baselines
+
     for baseline in all_baselines({k: v for k, v in config.baselines.items() if k != "enabled"}):
         started = time.perf_counter()
         baseline.fit(train_data, valid)

@@ -1,0 +1,262 @@
+"""The sequence model and the registry: the loss falls, a logged model comes back identical by alias, the
+promotion gate refuses a worse candidate, and a small trained model behaves as a marketer would expect."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+
+from features.build import BuildConfig, build_features
+from features.encoder import AGGREGATE_NAMES, EncoderConfig, encode
+from features.policy import eligibility, greedy_policy
+from features.schema import ACTIONS, STAGES
+from features.simulate import SimConfig, simulate
+from training.data import FeatureBuild, from_encoded
+from training.registry import CHAMPION, MODEL_NAME, configure, gate, load_by_alias, log_scorer
+from training.sequence import FitConfig, SequenceScorer, model_config_for
+from training.train import promote
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("shop")
+    simulate(SimConfig(n_customers=1_500, days=120, n_items=300, seed=3), out, progress=False)
+    return out
+
+
+@pytest.fixture(scope="module")
+def build(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureBuild:
+    out = tmp_path_factory.mktemp("features")
+    config = BuildConfig(encoder=EncoderConfig(max_len=20), n_buckets=1, workers=1)
+    build_features(shop / "events", out, config, decisions=shop / "decisions.parquet", progress=False)
+    return FeatureBuild.open(out)
+
+
+@pytest.fixture(scope="module")
+def scorer(build: FeatureBuild) -> SequenceScorer:
+    config = model_config_for(build, d_model=32, n_layers=1, dropout=0.0)
+    fit = FitConfig(max_epochs=6, patience=6, batch_size=256, lr=3e-3, seed=0)
+    return SequenceScorer(config, fit, progress=False).fit(build.split("train"), build.split("valid"))
+
+
+@pytest.fixture
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    configure("test")
+    return tmp_path
+
+
+def test_loss_falls(scorer: SequenceScorer) -> None:
+    losses = [h["train_loss"] for h in scorer.history_]
+    assert losses[-1] < losses[0] * 0.8
+    valid = [h["valid_loss"] for h in scorer.history_]
+    assert min(valid) < valid[0]
+
+
+def test_predictions_are_probabilities(scorer: SequenceScorer, build: FeatureBuild) -> None:
+    test = build.split("test")
+    pred = scorer.predict(test, k=10)
+    assert pred.stage_proba is not None
+    np.testing.assert_allclose(pred.stage_proba.sum(axis=1), 1.0, atol=1e-5)
+    assert pred.action_outcome is not None
+    assert ((pred.action_outcome >= 0) & (pred.action_outcome <= 1)).all()
+    assert pred.top_items is not None
+    assert pred.top_items.shape == (len(test), 10)
+    assert (pred.top_items >= 2).all()
+
+
+def _events_of(shop: Path, customer: str) -> pd.DataFrame:
+    events = pd.read_parquet(shop / "events")
+    for col in events.columns:
+        if isinstance(events[col].dtype, pd.CategoricalDtype):
+            events[col] = events[col].astype(object)
+    return events[events["customer_id"] == customer].reset_index(drop=True)
+
+
+def test_logged_model_loaded_by_alias_gives_the_same_outputs(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path, store: Path
+) -> None:
+    events = _events_of(shop, "C0000007")
+    with mlflow.start_run():
+        version = log_scorer(scorer, build.vocab, events.head(20))
+    mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
+    loaded = load_by_alias(CHAMPION)
+    test = build.split("test")
+    a, b = scorer.predict(test, k=10), loaded.predict_features(test, k=10)
+    assert a.stage_proba is not None
+    assert b.stage_proba is not None
+    np.testing.assert_allclose(a.stage_proba, b.stage_proba, rtol=1e-6)
+    np.testing.assert_array_equal(a.top_items, b.top_items)
+    # Through the pyfunc interface, on raw events, too.
+    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{CHAMPION}")
+    now = "2026-04-01T00:00:00+00:00"
+    raw = events.copy()
+    raw["ts"] = raw["ts"].astype(str)
+    out = model.predict(raw, params={"now": now, "k": 5})
+    assert list(out["customer_id"]) == ["C0000007"]
+    assert out["stage"].iloc[0] in STAGES
+    assert len(out["top_items"].iloc[0].split()) == 5
+
+
+def test_gate_refuses_worse_and_accepts_better() -> None:
+    metrics = ("stage/macro_f1", "rec/ndcg_at_10")
+    champion = {"stage/macro_f1": 0.6, "rec/ndcg_at_10": 0.3}
+    assert gate({"stage/macro_f1": 0.62, "rec/ndcg_at_10": 0.3}, champion, metrics, 0.0) == []
+    assert gate({"stage/macro_f1": 0.62, "rec/ndcg_at_10": 0.29}, champion, metrics, 0.0) == [
+        "rec/ndcg_at_10"
+    ]
+    assert gate({"stage/macro_f1": 0.595, "rec/ndcg_at_10": 0.3}, champion, metrics, 0.01) == []
+    assert gate(champion, None, metrics, 0.0) == []
+
+
+def test_promote_moves_the_alias_only_for_a_better_candidate(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path, store: Path
+) -> None:
+    events = _events_of(shop, "C0000007").head(20)
+    untrained = SequenceScorer(
+        scorer.model_config, FitConfig(max_epochs=1, batch_size=4096, lr=1e-6), progress=False
+    )
+    untrained.fit(build.split("train").subset(np.arange(64)), build.split("valid"))
+    with mlflow.start_run():
+        good = str(log_scorer(scorer, build.vocab, events))
+    first = promote(build.path, good)
+    assert first.promoted
+    with mlflow.start_run():
+        bad = str(log_scorer(untrained, build.vocab, events))
+    refused = promote(build.path, bad)
+    assert not refused.promoted
+    assert refused.failures
+    client = mlflow.MlflowClient()
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == good
+    forced = promote(build.path, bad, force=True)
+    assert forced.promoted
+    assert forced.forced
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == bad
+
+
+def _score(scorer: SequenceScorer, build: FeatureBuild, events: pd.DataFrame, now: str) -> tuple:
+    cutoffs = pd.DataFrame({"customer_id": [events["customer_id"].iloc[0]], "cutoff": [pd.Timestamp(now)]})
+    batch = encode(events, cutoffs, build.vocab, EncoderConfig(max_len=build.max_len))
+    data = from_encoded(batch, cutoffs["customer_id"].to_numpy(), build.n_items)
+    return scorer.predict(data, k=10), batch
+
+
+NOW = "2026-04-20T12:00:00+00:00"
+
+
+def _active_customers(shop: Path, n: int) -> list[str]:
+    """Customers with at least five events in the month before NOW."""
+    events = pd.read_parquet(shop / "events", columns=["customer_id", "ts"])
+    recent = events[
+        (events["ts"] < pd.Timestamp(NOW)) & (events["ts"] > pd.Timestamp(NOW) - pd.Timedelta(days=30))
+    ]
+    counts = recent["customer_id"].astype(str).value_counts()
+    return sorted(counts[counts >= 5].index)[:n]
+
+
+def _with(events: pd.DataFrame, *rows: tuple[str, str, str | None]) -> pd.DataFrame:
+    extra = pd.DataFrame(
+        [
+            {
+                "customer_id": events["customer_id"].iloc[0],
+                "ts": pd.Timestamp(ts),
+                "event_type": et,
+                "channel": "web",
+                "item_id": item,
+                "category": None,
+            }  # fmt: skip
+            for ts, et, item in rows
+        ]
+    )
+    return pd.concat([events, extra], ignore_index=True)
+
+
+def test_cart_and_checkout_move_the_stage_toward_decision(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path
+) -> None:
+    decision = STAGES.index("decision")
+    item = build.vocab.tokens["item_id"][0]
+    moved = []
+    for customer in _active_customers(shop, 8):
+        events = _events_of(shop, customer)
+        now = NOW
+        events = events[events["ts"] < pd.Timestamp(now)]
+        base, _ = _score(scorer, build, events, now)
+        cart = _with(
+            events,
+            ("2026-04-20T10:00:00+00:00", "product_view", item),
+            ("2026-04-20T10:05:00+00:00", "add_to_cart", item),
+            ("2026-04-20T10:08:00+00:00", "checkout_start", None),
+        )
+        after, _ = _score(scorer, build, cart, now)
+        moved.append(after.stage_proba[0, decision] - base.stage_proba[0, decision])
+    assert np.mean(moved) > 0.02, moved
+    assert sum(m > 0 for m in moved) >= 6, moved
+
+
+def test_an_unrelated_page_view_barely_moves_the_stage(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path
+) -> None:
+    events = _events_of(shop, _active_customers(shop, 1)[0])
+    now = NOW
+    events = events[events["ts"] < pd.Timestamp(now)]
+    base, _ = _score(scorer, build, events, now)
+    after, _ = _score(scorer, build, _with(events, ("2026-04-20T11:00:00+00:00", "page_view", None)), now)
+    assert np.abs(after.stage_proba - base.stage_proba).max() < 0.15
+
+
+def test_an_unsubscribed_customer_is_never_given_an_email(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path
+) -> None:
+    events = _events_of(shop, _active_customers(shop, 1)[0])
+    now = NOW
+    events = events[events["ts"] < pd.Timestamp(now)]
+    unsubscribed = _with(events, ("2026-04-19T09:00:00+00:00", "email_unsubscribe", None))
+    pred, batch = _score(scorer, build, unsubscribed, now)
+    allowed = eligibility({k: batch.aggregates[k] for k in AGGREGATE_NAMES}).allowed
+    assert pred.action_outcome is not None
+    uplift = pred.action_outcome - pred.action_outcome[:, [ACTIONS.index("no_send")]]
+    # Even if every e-mail had a huge uplift, the rules win.
+    for candidate in (uplift, uplift + 1.0):
+        assert ACTIONS[int(greedy_policy(candidate, allowed)[0])] == "no_send"
+
+
+@pytest.mark.integration
+def test_torchrun_two_processes_train_and_register_once(build: FeatureBuild, tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": f"sqlite:///{db}",
+        "GLOO_SOCKET_IFNAME": "lo",
+        "OMP_NUM_THREADS": "1",
+    }
+    torchrun = Path(sys.executable).parent / "torchrun"
+    journey = Path(sys.executable).parent / "journey"
+    cmd = [
+        str(torchrun), "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", "29517",
+        "--no-python", str(journey), "train", "--features", str(build.path), "--no-progress",
+        "--set", "fit.max_epochs=3", "--set", "fit.patience=3", "--set", "model.d_model=32",
+        "--set", "model.n_layers=1", "--set", "baselines.enabled=false", "--set", "n_boot=0",
+        "--set", "experiment=ddp",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    assert len(versions) == 1
+    runs = mlflow.search_runs(experiment_names=["ddp"])
+    assert len(runs) == 1
+    history = client.get_metric_history(runs["run_id"].iloc[0], "train_loss")
+    losses = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert len(losses) >= 2
+    assert losses[-1] < losses[0]
