@@ -173,7 +173,7 @@ def _with(events: pd.DataFrame, *rows: tuple[str, str, str | None]) -> pd.DataFr
                 "channel": "web",
                 "item_id": item,
                 "category": None,
-            }  # fmt: skip
+            }
             for ts, et, item in rows
         ]
     )
