@@ -1,25 +1,49 @@
-"""The demo: the main job end to end on the built-in simulator (later issues add train, register, serve)."""
+"""The demo: the main job end to end on the built-in simulator: simulate, build features, train the model
+and the baselines, evaluate, register and promote (the service of a later issue will serve it)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
+import mlflow
+
 from features.build import BuildConfig, build_features, format_manifest, load_rows
 from features.simulate import SimConfig, format_summary, simulate
+from training.registry import tracking_uri
+from training.train import TrainConfig, comparison_markdown, promote, train
+
+DEMO_METRICS = (
+    "stage/macro_f1",
+    "stage_true/macro_f1",
+    "purchase_7d/roc_auc",
+    "purchase_7d/ece",
+    "churn_30d/roc_auc",
+    "rec/recall_at_10",
+    "rec/ndcg_at_10",
+    "policy/learned/snips",
+    "policy/learned/true_value",
+    "policy/logging/true_value",
+)
 
 
 def run_demo(
-    out: Path, *, customers: int = 20_000, seed: int = 0, echo: Callable[[str], None] = print
+    out: Path,
+    *,
+    customers: int = 20_000,
+    seed: int = 0,
+    train_rows: int = 40_000,
+    epochs: int = 4,
+    echo: Callable[[str], None] = print,
 ) -> None:
-    """Simulates a shop of `customers`, builds its features, and prints a summary of each step."""
+    """Simulates a shop, builds features, trains, evaluates, registers and promotes, printing each step."""
     shop = out / "shop"
     features = out / "features"
-    echo(f"== 1/2 simulating a shop of {customers:,} customers -> {shop}")
+    echo(f"== 1/4 simulating a shop of {customers:,} customers -> {shop}")
     summary = simulate(SimConfig(n_customers=customers, seed=seed), shop)
     echo(format_summary(summary))
 
-    echo(f"\n== 2/2 building features -> {features}")
+    echo(f"\n== 2/4 building features -> {features}")
     manifest = build_features(shop / "events", features, BuildConfig(), decisions=shop / "decisions.parquet")
     echo(format_manifest(manifest))
 
@@ -32,4 +56,29 @@ def run_demo(
         f"{frame['churn_30d'].mean():.3f}; "
         f"rows with a logged decision: {frame['logged_action'].notna().mean():.3f}"
     )
-    echo(f"\nDone. Features in {features}/rows, manifest in {features}/manifest.json.")
+    echo(f"Features in {features}/rows, manifest in {features}/manifest.json.")
+
+    echo("\n== 3/4 training the sequence model and the baselines (MLflow run, registered as journey-scorer)")
+    config = TrainConfig(
+        features=str(features),
+        shop=str(shop),
+        fit={"max_train_rows": train_rows, "max_epochs": epochs},
+        n_boot=100,
+    )
+    result = train(config)
+    echo(comparison_markdown(result.results, DEMO_METRICS))
+    echo(f"registered journey-scorer version {result.version} (alias challenger), run {result.run_id}")
+
+    echo(
+        "\n== 4/4 promoting: the gate compares the candidate with the current champion on the same test data"
+    )
+    decision = promote(features, str(result.version))
+    echo(decision.summary())
+    experiment = mlflow.get_experiment_by_name(config.experiment)
+    echo(
+        "\nOpen the MLflow UI on the project's store:\n"
+        f"  .venv/bin/mlflow ui --backend-store-uri {tracking_uri()} --port 5000\n"
+        f"then http://127.0.0.1:5000/#/experiments/{experiment.experiment_id if experiment else ''}"
+        f"/runs/{result.run_id} (the run)\n"
+        "and http://127.0.0.1:5000/#/models/journey-scorer (versions and aliases)."
+    )

@@ -309,5 +309,6 @@ def promote(
     return GateDecision(version, current, promoted, force and bool(failures), cand, champ or {}, failures)
 
 
-def comparison_markdown(results: list[EvaluationResult]) -> str:
-    return markdown_table(results_table(results))
+def comparison_markdown(results: list[EvaluationResult], metrics: tuple[str, ...] | None = None) -> str:
+    """The scorers side by side, one column each, as a Markdown table."""
+    return markdown_table(results_table(results, list(metrics) if metrics else None))
