@@ -248,3 +248,8 @@ def test_stored_rows_equal_what_the_online_encoder_gives(shop: Path, built: Path
             )
         for name in AGGREGATE_NAMES:
             assert picked.column(name)[i].as_py() == online.aggregates[name][0], name
+
+
+def test_shipped_features_config_states_the_defaults() -> None:
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "features.yaml"
+    assert BuildConfig.from_yaml(shipped) == BuildConfig()

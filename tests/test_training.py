@@ -260,3 +260,16 @@ def test_torchrun_two_processes_train_and_register_once(build: FeatureBuild, tmp
     losses = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert len(losses) >= 2
     assert losses[-1] < losses[0]
+
+
+def test_shipped_train_config_loads_and_names_unknown_keys(tmp_path: Path) -> None:
+    from training.train import TrainConfig
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
+    config = TrainConfig.load(shipped, {"fit.max_epochs": 2})
+    assert config.fit_config().max_epochs == 2
+    assert config.model["encoder"] == "transformer"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochs: 3\n")
+    with pytest.raises(ValueError, match="epochs"):
+        TrainConfig.load(bad)
