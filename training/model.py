@@ -46,6 +46,8 @@ class ModelConfig:
     n_heads: int = 4
     dropout: float = 0.1
     repeat: bool = True
+    repeat_prior: bool = False
+    repeat_scale: float = 4.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,12 +102,25 @@ class JourneyModel(nn.Module):
         else:
             self.encoder = nn.GRU(d, d, num_layers=config.n_layers, batch_first=True, dropout=config.dropout)
         self.norm_out = nn.LayerNorm(d)
+        # A wide path: the aggregates also reach the heads directly, as trees see them, besides through
+        # the encoder's summary token.
+        self.wide = nn.Sequential(nn.Linear(config.n_aggregates, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.stage_head = nn.Linear(d, len(STAGES))
         self.propensity_head = nn.Linear(d, len(PROPENSITY_HEADS))
         self.action_head = nn.Linear(d, len(ACTIONS))
         self.item_query = nn.Linear(d, d)
         # Repeat mechanism: a learned weight per (event type, recency position) of the customer's history.
-        self.repeat_weight = nn.Parameter(torch.zeros(len(EVENT_TYPES) + FIRST, config.max_len))
+        # Initialised like the own-history baseline (purchase 1, cart 0.25, view 0.3, decay 0.9 per event),
+        # through softplus's inverse, so training starts from a strong recommender and improves on it.
+        prior = torch.zeros(len(EVENT_TYPES) + FIRST, config.max_len)  # softplus(0) = log 2 for every event
+        if config.repeat_prior:
+            prior = torch.full((len(EVENT_TYPES) + FIRST, config.max_len), 1e-3)
+            decay = 0.9 ** torch.arange(config.max_len, dtype=torch.float32)
+            for e, weight in ((EventType.PURCHASE, 1.0), (EventType.ADD_TO_CART, 0.25),
+                              (EventType.PRODUCT_VIEW, 0.3), (EventType.CHECKOUT_START, 0.25)):  # fmt: skip
+                prior[EVENT_TYPES.index(e) + FIRST] = weight * decay
+            prior = torch.log(torch.expm1(prior))
+        self.repeat_weight = nn.Parameter(prior)
         self.repeat_gate = nn.Linear(d, 1)
         repeat_mask = torch.zeros(len(EVENT_TYPES) + FIRST, dtype=torch.bool)
         for e in _REPEAT_EVENTS:
@@ -132,7 +147,7 @@ class JourneyModel(nn.Module):
             out, _ = self.encoder(h)
         else:
             out = self.encoder(h, src_key_padding_mask=pad)
-        state = self.norm_out(out[:, -1])  # (B, d): the summary token's output
+        state = self.norm_out(out[:, -1] + self.wide(agg))  # (B, d): the summary token's output
 
         item_emb = self.embed["item_id"].weight  # (n_items, d)
         items = self.item_query(state) @ item_emb.T + self.item_bias  # (B, n_items)
@@ -156,7 +171,8 @@ class JourneyModel(nn.Module):
         w = torch.where(self.repeat_mask[event_type] & (item >= FIRST), torch.nn.functional.softplus(w), 0.0)
         scores = torch.zeros(item.shape[0], self.config.n_items, device=item.device, dtype=w.dtype)
         scores.scatter_add_(1, item, w)
-        return torch.sigmoid(self.repeat_gate(state)) * 4.0 * torch.log1p(scores)
+        # The gate (a function of the customer's state) says how much this customer repeats.
+        return torch.sigmoid(self.repeat_gate(state)) * self.config.repeat_scale * torch.log1p(scores)
 
 
 @dataclass
