@@ -63,7 +63,9 @@ class FitConfig:
     max_train_rows: int = 0
     max_next_items: int = 10
     ipw_clip: float = 20.0
-    loss_weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+    # The item loss (a softmax over the catalogue, several nats) would otherwise drown the other heads'
+    # gradients: at 0.25, stage macro-F1 rose from 0.56 to 0.59 with Recall@10 unchanged (see BENCHMARKS.md).
+    loss_weights: tuple[float, float, float, float] = (1.0, 1.0, 0.25, 1.0)
     seed: int = 0
     device: str = "auto"
 
