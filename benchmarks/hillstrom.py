@@ -66,6 +66,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks.sections import update_section  # noqa: E402
 from training.metrics import (  # noqa: E402
     Interval,
     RowStatistic,
@@ -1306,20 +1307,8 @@ def _outcome_markdown(o: OutcomeResult) -> list[str]:
 
 
 def update_markdown(path: Path, section: str) -> None:
-    """Writes `section` (markers included) between the Hillstrom markers of `path`, keeping the rest.
-
-    The file is read right before it is written, so sections that others write meanwhile are kept; without
-    the markers the section is appended at the end.
-    """
-    path = Path(path)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARKER_START in text and MARKER_END in text:
-        head, rest = text.split(MARKER_START, 1)
-        _, tail = rest.split(MARKER_END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Writes `section` (markers included) between the Hillstrom markers of `path`, keeping the rest."""
+    update_section(path, section, MARKER_START, MARKER_END)
 
 
 def _jsonable(value: Any) -> Any:

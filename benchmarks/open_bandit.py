@@ -42,6 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the project's packages importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks.sections import update_section  # noqa: E402
 from training.metrics import Interval, bootstrap_ci, bootstrap_distribution  # noqa: E402
 from training.ope import LoggedBandit, effective_sample_size, estimator_terms, importance_weights  # noqa: E402
 
@@ -262,20 +263,8 @@ def markdown(results: Sequence[CampaignResult], *, n_boot: int) -> str:
 
 
 def update_markdown(path: Path, section: str) -> None:
-    """Writes `section` (markers included) between the Open Bandit markers of `path`, keeping the rest.
-
-    The file is read right before it is written, so sections that others write meanwhile are kept; without
-    the markers the section is appended.
-    """
-    path = Path(path)
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARKER_START in text and MARKER_END in text:
-        head, rest = text.split(MARKER_START, 1)
-        _, tail = rest.split(MARKER_END, 1)
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    """Writes `section` (markers included) between the Open Bandit markers of `path`, keeping the rest."""
+    update_section(path, section, MARKER_START, MARKER_END)
 
 
 def _parser() -> argparse.ArgumentParser:
