@@ -1,0 +1,143 @@
+"""The UCI Online Retail benchmark: its settings and Markdown handling, and (marked `data` and `slow`) the
+whole pipeline on the real export in ../shared/data with a tiny training budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmarks.online_retail import (
+    MARKER_END,
+    MARKER_START,
+    SEQUENCE,
+    Settings,
+    aligned_first_cutoff,
+    check_horizon,
+    comparison_frame,
+    label_overrides,
+    main,
+    markdown,
+    run_benchmark,
+    save_results,
+    table_metrics,
+    tasks,
+    update_markdown,
+    verdict,
+)
+from training.baselines import BaselineConfig
+
+ONLINE_RETAIL = Path("online_retail") / "online_retail_2010-12_to_2011-09.csv.gz"
+
+
+def test_first_cutoff_lands_the_test_cutoffs_on_the_test_start() -> None:
+    first = pd.Timestamp("2010-12-01 08:26", tz="UTC")
+    test_start = pd.Timestamp("2011-08-15", tz="UTC")
+    start = aligned_first_cutoff(first, test_start, every_days=7, warmup_days=28)
+    assert start >= (first + pd.Timedelta(days=28)).ceil("D")
+    assert start - pd.Timedelta(days=7) < (first + pd.Timedelta(days=28)).ceil("D")
+    assert (test_start - start).days % 7 == 0
+    with pytest.raises(ValueError, match="before the first possible cutoff"):
+        aligned_first_cutoff(first, pd.Timestamp("2010-12-15", tz="UTC"), 7, 28)
+
+
+def test_labels_follow_the_horizon() -> None:
+    assert label_overrides(30) == {
+        "labels.churn_days": 30,
+        "labels.next_items_days": 30,
+        "labels.decision_days": 7,
+        "labels.purchase_horizons": [7, 30],
+    }
+    short = label_overrides(5)
+    assert short["labels.decision_days"] == 5
+    assert short["labels.purchase_horizons"] == [5]
+    check_horizon(30)
+    # Training reads fixed label columns (purchase_30d, churn_30d): other horizons fail before any work.
+    with pytest.raises(ValueError, match="PROPENSITY_TARGETS"):
+        check_horizon(14)
+
+
+def test_main_refuses_an_unreadable_horizon_early(tmp_path: Path) -> None:
+    code = main(["--horizon", "14", "--data", str(tmp_path / "missing.csv.gz"), "--work", str(tmp_path)])
+    assert code == 2
+    assert not (tmp_path / "events").exists()
+
+
+def test_update_markdown_keeps_other_sections(tmp_path: Path) -> None:
+    path = tmp_path / "BENCHMARKS.md"
+    other = "<!-- other:start -->\nkeep me\n<!-- other:end -->"
+    path.write_text(f"# Benchmarks\n\n{other}\n")
+    update_markdown(path, f"{MARKER_START}\nfirst\n{MARKER_END}")
+    update_markdown(path, f"{MARKER_START}\nsecond\n{MARKER_END}")
+    text = path.read_text()
+    assert other in text
+    assert "second" in text
+    assert "first" not in text
+    assert text.count(MARKER_START) == 1
+    assert text.index(other) < text.index(MARKER_START)  # appended at the end the first time
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_pipeline_on_the_real_export(
+    shared_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = shared_data / ONLINE_RETAIL
+    if not data.is_file():
+        pytest.skip(f"no Online Retail export at {data}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    settings = Settings(
+        data=data,
+        work=tmp_path / "work",
+        epochs=1,
+        train_rows=1_500,
+        n_boot=0,
+        baselines={"lgbm_max_rounds": 20, "knn_neighbours": 20},
+        model={"d_model": 16, "n_layers": 1, "n_heads": 2},
+    )
+    bench = run_benchmark(settings, command="pytest")
+
+    # The ingest summary and the split are reported.
+    assert bench.ingest["rows_read"] == bench.ingest["rows_accepted"] + bench.ingest["rows_rejected"] + sum(
+        bench.ingest["skipped"].values()
+    )
+    assert bench.ingest["rows_accepted"] > 200_000
+    assert bench.split["test"]["cutoffs"][0] == "2011-08-15"
+    assert all(bench.split[s]["rows"] > 0 for s in ("train", "valid", "test"))
+
+    # One column per scorer, one row per table metric plus the fit seconds.
+    scorers = [SEQUENCE, *BaselineConfig().baselines]
+    frame = comparison_frame(bench, table_metrics(settings.horizon))
+    assert list(frame.columns) == scorers
+    assert list(frame.index) == [*table_metrics(settings.horizon), "fit seconds"]
+    assert (frame[SEQUENCE] != "").all()  # the model has every head
+    rec = [m for m in frame.index if m.startswith("rec/")]
+    for name in ("popularity", "own_history", "item_knn"):
+        assert (frame.loc[rec, name] != "").all()
+    scores = [m for m in frame.index if not m.startswith("rec/") and m != "fit seconds"]
+    assert (frame.loc[scores, "lightgbm_aggregates"] != "").all()
+    assert (frame.loc["fit seconds"] != "").all()
+
+    # Every task gets a verdict line, and the section is well formed.
+    for task in tasks(settings.horizon):
+        v = verdict(bench, task)
+        assert v["best"] is not None
+        assert v["best_baseline"] in scorers[1:]
+    section = markdown(bench)
+    assert section.startswith(MARKER_START)
+    assert section.endswith(MARKER_END)
+    assert "| metric | " + " | ".join(scorers) + " |" in section
+    assert section.count("\n- **") == len(tasks(settings.horizon))
+
+    json_path, md_path = save_results(bench, tmp_path / "results" / "online_retail.json")
+    record = json.loads(json_path.read_text())
+    assert set(record["metrics"]) == set(scorers)
+    assert record["environment"]["load_before"] >= 0
+    assert (
+        0
+        < record["diagnostics"]["buyers_with_min_invoices"]
+        <= record["diagnostics"]["buyers_with_min_lines"]
+    )
+    assert md_path.read_text().count("|") > 100
