@@ -126,17 +126,25 @@ class BuildConfig:
     @classmethod
     def from_yaml(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> BuildConfig:
         """Reads YAML (optional) and applies dotted overrides such as {"encoder.max_len": 30}."""
-        data: dict[str, Any] = yaml.safe_load(path.read_text()) or {} if path else {}
-        for dotted, value in (overrides or {}).items():
-            target = data
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                target = target.setdefault(p, {})
-            target[leaf] = value
-        return cls.from_dict(data)
+        return cls.from_dict(load_settings(path, overrides))
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """YAML settings (optional file) with dotted overrides applied, e.g. {"encoder.max_len": 30}.
+
+    The one loader behind every `--config FILE --set key=value` command.
+    """
+    data: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}) if path else {}
+    for dotted, value in (overrides or {}).items():
+        target = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            target = target.setdefault(p, {})
+        target[leaf] = value
+    return data
 
 
 def _sub(kind: type, data: dict[str, Any], name: str) -> Any:
@@ -601,11 +609,6 @@ def padded_tokens(table: pa.Table, name: str, max_len: int) -> np.ndarray:
     real = np.arange(max_len)[None, :] >= (max_len - lengths)[:, None]
     out[real] = column.flatten().to_numpy()
     return out
-
-
-def with_overrides(config: BuildConfig, **changes: Any) -> BuildConfig:
-    """A copy of the config with top-level fields changed."""
-    return replace(config, **changes)
 
 
 def format_manifest(manifest: Manifest) -> str:

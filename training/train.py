@@ -20,9 +20,8 @@ import mlflow
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
-import yaml
 
-from features.build import input_files
+from features.build import input_files, load_settings
 from features.policy import RuleConfig
 from training.data import FeatureBuild, FeatureData
 from training.evaluate import EvaluationResult, evaluate, load_sim_truth, markdown_table, results_table
@@ -72,13 +71,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        data: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}) if path else {}
-        for dotted, value in (overrides or {}).items():
-            target = data
-            *parents, leaf = dotted.split(".")
-            for p in parents:
-                target = target.setdefault(p, {})
-            target[leaf] = value
+        data = load_settings(path, overrides)
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
