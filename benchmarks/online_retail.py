@@ -52,7 +52,6 @@ from benchmarks.sections import update_section  # noqa: E402
 from features.build import BuildConfig, build_features, load_rows  # noqa: E402
 from features.ingest import EVENTS_FILE, format_summary, ingest  # noqa: E402
 from features.vocab import FIRST, OOV  # noqa: E402
-from training.data import PROPENSITY_TARGETS  # noqa: E402
 from training.evaluate import EvaluationResult, compare, markdown_table, results_table  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 
@@ -128,27 +127,6 @@ def label_overrides(horizon: int) -> dict[str, Any]:
         "labels.decision_days": short,
         "labels.purchase_horizons": sorted({short, horizon}),
     }
-
-
-def check_horizon(horizon: int) -> None:
-    """Fails early when training cannot read the labels of this horizon.
-
-    `training.data.PROPENSITY_TARGETS` names the label columns the model and the baselines train on; a
-    build whose labels have other names fails only after the features are built.
-
-    Raises:
-        ValueError: the horizon's label columns are not among the training targets.
-    """
-    short = min(SHORT_HORIZON, horizon)
-    needed = {f"purchase_{short}d", f"purchase_{horizon}d", f"churn_{horizon}d"}
-    missing = sorted(needed - set(PROPENSITY_TARGETS))
-    if missing:
-        raise ValueError(
-            f"--horizon {horizon}: training reads the fixed label columns {', '.join(PROPENSITY_TARGETS)} "
-            f"(training/data.py PROPENSITY_TARGETS, training/model.py PROPENSITY_HEADS), so the build's "
-            f"{', '.join(missing)} would not be found; only --horizon 30 runs until the targets follow "
-            "the build's label config"
-        )
 
 
 def aligned_first_cutoff(
@@ -256,10 +234,9 @@ def run_benchmark(settings: Settings, *, command: str = "", progress: bool = Fal
         progress: show progress bars.
 
     Raises:
-        ValueError: a horizon training cannot read, or a test start that leaves no room for the split.
+        ValueError: a horizon below one day, or a test start that leaves no room for the split.
         FileNotFoundError: no data file.
     """
-    check_horizon(settings.horizon)
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     code = code_version()  # before training: the code that runs, even if commits land meanwhile

@@ -28,7 +28,7 @@ from training.baselines import (
     rank_items,
     ranking_quality,
 )
-from training.data import PROPENSITY_TARGETS, FeatureBuild, FeatureData
+from training.data import DEFAULT_TARGETS, FeatureBuild, FeatureData
 from training.interface import Scorer
 
 N_ITEMS = 12  # item indices FIRST .. 11: a catalogue of 10
@@ -61,7 +61,7 @@ def feature_data(
         if aggregates is None
         else aggregates,
         stage=np.zeros(n, dtype=np.int64),
-        targets={t: np.zeros(n, dtype=np.float32) for t in PROPENSITY_TARGETS},
+        targets={t: np.zeros(n, dtype=np.float32) for t in DEFAULT_TARGETS},
         next_items=[np.asarray(x, dtype=np.int64) for x in (next_items or [[]] * n)],
         logged_action=np.full(n, -1, dtype=np.int64),
         logged_propensity=nan.copy(),
@@ -79,7 +79,7 @@ def synthetic_aggregates(n: int, seed: int = 0, uplift: float = 0.4) -> FeatureD
     data = feature_data([[]] * n, aggregates=x)
     data.stage = (np.digitize(x[:, 0], [-1, 0, 1]) + 2 * (x[:, 1] > 0)).astype(np.int64) % len(STAGES)
     p = 1 / (1 + np.exp(-2 * x[:, 2]))
-    for target in PROPENSITY_TARGETS:
+    for target in DEFAULT_TARGETS:
         data.targets[target] = (rng.random(n) < p).astype(np.float32)
     action = rng.integers(0, len(ACTIONS), n)
     # A logging policy that favours cart_abandonment for high rows: the IPW weights must undo it.
@@ -271,7 +271,7 @@ def test_lightgbm_heads_are_probabilities(
     assert pred.stage_proba.shape == (len(test), len(STAGES))
     assert np.allclose(pred.stage_proba.sum(axis=1), 1.0)
     assert (pred.stage_proba.argmax(axis=1) == test.stage).mean() > 0.6  # the stage follows 2 features
-    assert set(pred.propensity) == {*PROPENSITY_TARGETS, "unsubscribe"}
+    assert set(pred.propensity) == {*DEFAULT_TARGETS, "unsubscribe"}
     for proba in pred.propensity.values():
         assert proba.shape == (len(test),)
         assert np.all((proba >= 0) & (proba <= 1))

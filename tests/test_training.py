@@ -18,8 +18,17 @@ from features.encoder import AGGREGATE_NAMES, EncoderConfig, encode
 from features.policy import eligibility, greedy_policy
 from features.schema import ACTIONS, STAGES
 from features.simulate import SimConfig, simulate
-from training.data import FeatureBuild, from_encoded
-from training.registry import CHAMPION, MODEL_NAME, configure, gate, load_by_alias, log_scorer
+from training.data import DEFAULT_TARGETS, FeatureBuild, from_encoded
+from training.registry import (
+    CHAMPION,
+    GATE_METRICS,
+    MODEL_NAME,
+    configure,
+    gate,
+    gate_metrics_for,
+    load_by_alias,
+    log_scorer,
+)
 from training.sequence import FitConfig, SequenceScorer, model_config_for
 from training.train import promote
 
@@ -60,6 +69,30 @@ def test_loss_falls(scorer: SequenceScorer) -> None:
     assert losses[-1] < losses[0] * 0.8
     valid = [h["valid_loss"] for h in scorer.history_]
     assert min(valid) < valid[0]
+
+
+def test_propensity_heads_follow_the_builds_label_horizons(shop: Path, tmp_path: Path) -> None:
+    config = BuildConfig.from_dict(
+        {
+            "encoder": {"max_len": 10},
+            "labels": {"purchase_horizons": [5], "churn_days": 10, "next_items_days": 10},
+            "n_buckets": 1,
+            "workers": 1,
+        }
+    )
+    build_features(shop / "events", tmp_path, config, decisions=shop / "decisions.parquet", progress=False)
+    other = FeatureBuild.open(tmp_path)
+    assert other.targets == ("purchase_5d", "churn_10d")
+    fit = FitConfig(max_epochs=1, batch_size=256, max_train_rows=2_000, seed=0)
+    model = model_config_for(other, d_model=16, n_layers=1)
+    scorer = SequenceScorer(model, fit, progress=False).fit(other.split("train"), other.split("valid"))
+    pred = scorer.predict(other.split("test"), k=5)
+    assert set(pred.propensity) == {"purchase_5d", "churn_10d", "unsubscribe"}
+    assert gate_metrics_for(other.targets) == (
+        "stage/macro_f1", "purchase_5d/roc_auc", "churn_10d/roc_auc", "rec/ndcg_at_10"
+    )  # fmt: skip
+    assert gate_metrics_for(DEFAULT_TARGETS) == GATE_METRICS
+    assert len(scorer.calibration_.propensity) == 3
 
 
 def test_predictions_are_probabilities(scorer: SequenceScorer, build: FeatureBuild) -> None:

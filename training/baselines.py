@@ -39,7 +39,7 @@ from sklearn.linear_model import LogisticRegression
 from features.encoder import AGGREGATE_NAMES
 from features.schema import ACTIONS, EVENT_TYPES, STAGES, Action, EventType
 from features.vocab import FIRST
-from training.data import PROPENSITY_TARGETS, FeatureData
+from training.data import FeatureData
 from training.interface import Predictions, Scorer
 
 log = logging.getLogger(__name__)
@@ -794,7 +794,7 @@ class LightGBMAggregates(_Saveable):
     """LightGBM on the aggregate features: stage, propensities, unsubscribing, and outcome per action.
 
     * stage: one multiclass model (`stage_proba`);
-    * each of PROPENSITY_TARGETS: a binary model on every row;
+    * each propensity label of the build (`FeatureData.targets`): a binary model on every row;
     * "unsubscribe": a binary model on the rows with a logged send (not no_send), target = unsubscribed;
     * outcome per action (a T-learner): one binary model per action, no_send included, on the rows whose
       logged action is that action, target = the logged outcome. Rows are weighted by
@@ -890,7 +890,7 @@ class LightGBMAggregates(_Saveable):
         self.heads_["stage"] = self._fit_head(
             split(train, every_t, train.stage), split(valid, every_v, valid.stage), n_class=len(STAGES)
         )
-        for target in PROPENSITY_TARGETS:
+        for target in train.targets:
             mt, mv = np.isfinite(train.targets[target]), np.isfinite(valid.targets[target])
             self.heads_[target] = self._fit_head(
                 split(train, mt, train.targets[target]), split(valid, mv, valid.targets[target])
@@ -1012,7 +1012,9 @@ class LightGBMAggregates(_Saveable):
     def predict(self, data: FeatureData, k: int = 50) -> Predictions:
         """Stage probabilities, propensities and the outcome of each action; no recommendations."""
         x = data.aggregates.astype(np.float64)
-        propensity = {t: self.heads_[t].predict(x) for t in (*PROPENSITY_TARGETS, "unsubscribe")}
+        # Every head but stage and the action outcomes is a propensity (the build's targets, unsubscribe).
+        names = [n for n in self.heads_ if n != "stage" and not n.startswith("outcome_")]
+        propensity = {t: self.heads_[t].predict(x) for t in names}
         outcome = {}
         for action in ACTIONS:
             name = self.fallback_.get(action, f"outcome_{action}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +15,19 @@ from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS, EncodedBatch
 from features.schema import ACTIONS, STAGES
 from features.vocab import FIRST, Vocabulary
 
-PROPENSITY_TARGETS: tuple[str, ...] = ("purchase_7d", "purchase_30d", "churn_30d")
+# The label columns of the default label config (purchase in 7 and 30 days, churn in 30 days). A build
+# with other horizons has other columns: `FeatureBuild.targets` reads them from its manifest.
+DEFAULT_TARGETS: tuple[str, ...] = ("purchase_7d", "purchase_30d", "churn_30d")
+
+
+def propensity_targets(labels: dict[str, Any]) -> tuple[str, ...]:
+    """The propensity label columns a build with this label config writes, in a stable order.
+
+    Args:
+        labels: the `labels` section of a features manifest's config (`features.labels.LabelConfig`).
+    """
+    horizons = sorted({int(h) for h in labels.get("purchase_horizons", (7, 30))})
+    return (*(f"purchase_{h}d" for h in horizons), f"churn_{int(labels.get('churn_days', 30))}d")
 
 
 @dataclass
@@ -28,7 +41,7 @@ class FeatureData:
         length: (n,) real events per sequence.
         aggregates: (n, len(AGGREGATE_NAMES)) float32, in AGGREGATE_NAMES order.
         stage: (n,) int64 index into STAGES.
-        targets: name -> (n,) float32 0/1, for PROPENSITY_TARGETS.
+        targets: name -> (n,) float32 0/1, one per propensity label column of the build.
         next_items: list of n int arrays of vocabulary item indices (may be empty; OOV items kept as 1).
         logged_action: (n,) int64 index into ACTIONS, -1 where no decision was logged.
         logged_propensity: (n,) float64, NaN where none.
@@ -77,8 +90,17 @@ class FeatureData:
         )
 
     @classmethod
-    def from_table(cls, table: pa.Table, max_len: int, n_items: int) -> FeatureData:
-        """Builds the arrays from rows written by `features.build`."""
+    def from_table(
+        cls, table: pa.Table, max_len: int, n_items: int, targets: tuple[str, ...] = DEFAULT_TARGETS
+    ) -> FeatureData:
+        """Builds the arrays from rows written by `features.build`.
+
+        Raises:
+            ValueError: a target column is missing from the rows.
+        """
+        missing = [t for t in targets if t not in table.column_names]
+        if missing:
+            raise ValueError(f"the features rows have no label column {', '.join(missing)}")
         tokens = {name: padded_tokens(table, name, max_len).astype(np.int64) for name in TOKEN_FIELDS}
         aggregates = np.column_stack([table.column(n).to_numpy().astype(np.float32) for n in AGGREGATE_NAMES])
         stage_names = table.column("stage").to_pylist()
@@ -95,7 +117,7 @@ class FeatureData:
             length=table.column("seq_len").to_numpy().astype(np.int64),
             aggregates=aggregates,
             stage=np.array([index[s] for s in stage_names], dtype=np.int64),
-            targets={t: _floats(table.column(t)).astype(np.float32) for t in PROPENSITY_TARGETS},
+            targets={t: _floats(table.column(t)).astype(np.float32) for t in targets},
             next_items=[flat[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)],
             logged_action=np.array([action_index.get(a, -1) for a in actions], dtype=np.int64),
             logged_propensity=_floats(table.column("logged_propensity")),
@@ -137,11 +159,18 @@ class FeatureBuild:
         """Vocabulary indices of every recommendable item (the whole catalogue the model ranks)."""
         return np.arange(FIRST, self.n_items)
 
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The propensity label columns of this build (they follow its label horizons)."""
+        return propensity_targets(self.manifest["config"].get("labels", {}))
+
     def split(self, name: str) -> FeatureData:
-        return FeatureData.from_table(load_rows(self.path, name), self.max_len, self.n_items)
+        return FeatureData.from_table(load_rows(self.path, name), self.max_len, self.n_items, self.targets)
 
 
-def from_encoded(batch: EncodedBatch, customer_ids: np.ndarray, n_items: int) -> FeatureData:
+def from_encoded(
+    batch: EncodedBatch, customer_ids: np.ndarray, n_items: int, targets: tuple[str, ...] = DEFAULT_TARGETS
+) -> FeatureData:
     """Unlabelled FeatureData from the encoder's output, for scoring (labels are empty)."""
     n = len(batch)
     return FeatureData(
@@ -151,7 +180,7 @@ def from_encoded(batch: EncodedBatch, customer_ids: np.ndarray, n_items: int) ->
         length=batch.length.astype(np.int64),
         aggregates=np.column_stack([batch.aggregates[a] for a in AGGREGATE_NAMES]).astype(np.float32),
         stage=np.zeros(n, dtype=np.int64),
-        targets={t: np.zeros(n, dtype=np.float32) for t in PROPENSITY_TARGETS},
+        targets={t: np.zeros(n, dtype=np.float32) for t in targets},
         next_items=[np.zeros(0, dtype=np.int64) for _ in range(n)],
         logged_action=np.full(n, -1, dtype=np.int64),
         logged_propensity=np.full(n, np.nan),

@@ -16,7 +16,7 @@ class Predictions:
 
     Attributes:
         stage_proba: (n, len(STAGES)) probabilities over `schema.STAGES`.
-        propensity: target -> (n,) probabilities; targets among PROPENSITY_TARGETS and "unsubscribe".
+        propensity: target -> (n,) probabilities; the build's label targets and "unsubscribe".
         top_items: (n, k) vocabulary item indices, best first, ranked over the whole catalogue.
         action_outcome: (n, len(ACTIONS)) predicted probability of the outcome (a purchase in the
             decision's window) if that action were taken; column `no_send` is the baseline for uplift.

@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from features.encoder import TOKEN_FIELDS
 from features.schema import ACTIONS, EVENT_TYPES, STAGES, EventType
 from features.vocab import FIRST
+from training.data import DEFAULT_TARGETS
 
-PROPENSITY_HEADS: tuple[str, ...] = ("purchase_7d", "purchase_30d", "churn_30d", "unsubscribe")
+# The propensity head of "unsubscribe if mailed" comes after the build's label targets.
+UNSUBSCRIBE = "unsubscribe"
 # Events whose item counts as "the customer's own history" for the repeat mechanism, and their index.
 _REPEAT_EVENTS = (EventType.PRODUCT_VIEW, EventType.ADD_TO_CART, EventType.CHECKOUT_START, EventType.PURCHASE)
 
@@ -32,6 +34,8 @@ class ModelConfig:
         encoder: "transformer" or "gru" (chosen by measurement: see BENCHMARKS.md).
         d_model: width of embeddings and of the encoder.
         n_layers, n_heads, dropout: encoder shape.
+        targets: the build's propensity label columns (`training.data.FeatureBuild.targets`); the
+            propensity head predicts each, then "unsubscribe if mailed".
         repeat: add a repeat head that scores the customer's own past items by event type and recency
             (RepeatNet / ReCANet style), mixed with the catalogue-wide head.
     """
@@ -40,6 +44,7 @@ class ModelConfig:
     n_items: int = 0
     n_aggregates: int = 0
     max_len: int = 50
+    targets: tuple[str, ...] = DEFAULT_TARGETS
     encoder: Literal["transformer", "gru"] = "transformer"
     d_model: int = 64
     n_layers: int = 2
@@ -49,11 +54,19 @@ class ModelConfig:
     repeat_prior: bool = False
     repeat_scale: float = 4.0
 
+    @property
+    def propensity_heads(self) -> tuple[str, ...]:
+        """Names of the propensity head's outputs, in order: the targets, then unsubscribe."""
+        return (*self.targets, UNSUBSCRIBE)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        data = dict(data)
+        if "targets" in data:
+            data["targets"] = tuple(data["targets"])
         return cls(**data)
 
 
@@ -62,7 +75,7 @@ class ModelOutput:
     """Raw head outputs (logits) for a batch of B rows."""
 
     stage: Tensor  # (B, n_stages) logits
-    propensity: Tensor  # (B, len(PROPENSITY_HEADS)) logits
+    propensity: Tensor  # (B, len(config.propensity_heads)) logits
     items: Tensor  # (B, n_items) logits over the whole item index space (pad and OOV masked)
     action: Tensor  # (B, n_actions) logits of P(outcome | action)
 
@@ -106,7 +119,7 @@ class JourneyModel(nn.Module):
         # the encoder's summary token.
         self.wide = nn.Sequential(nn.Linear(config.n_aggregates, 2 * d), nn.GELU(), nn.Linear(2 * d, d))
         self.stage_head = nn.Linear(d, len(STAGES))
-        self.propensity_head = nn.Linear(d, len(PROPENSITY_HEADS))
+        self.propensity_head = nn.Linear(d, len(config.propensity_heads))
         self.action_head = nn.Linear(d, len(ACTIONS))
         self.item_query = nn.Linear(d, d)
         # Repeat mechanism: a learned weight per (event type, recency position) of the customer's history.
@@ -180,7 +193,7 @@ class Calibration:
     """Temperatures fitted on the validation window: logits / T before softmax or sigmoid."""
 
     stage: float = 1.0
-    propensity: list[float] = field(default_factory=lambda: [1.0] * len(PROPENSITY_HEADS))
+    propensity: list[float] = field(default_factory=list)  # one per propensity head; empty: all 1
     action: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
@@ -193,7 +206,7 @@ class Calibration:
 
 def probabilities(out: ModelOutput, calibration: Calibration) -> dict[str, Tensor]:
     """Calibrated probabilities of every head (item scores stay logits: only their order matters)."""
-    temps = torch.tensor(calibration.propensity, device=out.propensity.device)
+    temps = torch.tensor(calibration.propensity or 1.0, device=out.propensity.device)
     return {
         "stage": torch.softmax(out.stage / calibration.stage, dim=-1),
         "propensity": torch.sigmoid(out.propensity / temps),

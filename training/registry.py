@@ -33,7 +33,6 @@ from features.schema import ACTIONS, EVENT_COLUMNS, STAGES
 from features.vocab import Vocabulary
 from training.data import FeatureData, from_encoded
 from training.interface import Predictions
-from training.model import PROPENSITY_HEADS
 from training.sequence import SequenceScorer
 
 log = logging.getLogger(__name__)
@@ -48,6 +47,15 @@ GATE_METRICS: tuple[str, ...] = (
     "churn_30d/roc_auc",
     "rec/ndcg_at_10",
 )
+
+
+def gate_metrics_for(targets: tuple[str, ...]) -> tuple[str, ...]:
+    """The gate metrics of a build with these propensity targets: stage macro-F1, the shortest purchase
+    horizon's and the churn target's ROC AUC, NDCG@10 (`GATE_METRICS` for the default labels)."""
+    purchase = [t for t in targets if t.startswith("purchase_")]
+    churn = [t for t in targets if t.startswith("churn_")]
+    picked = [f"{t}/roc_auc" for t in purchase[:1] + churn[:1]]
+    return ("stage/macro_f1", *picked, "rec/ndcg_at_10")
 
 
 def tracking_uri() -> str:
@@ -109,7 +117,8 @@ class JourneyPyfunc(PythonModel):
             now = events.groupby(events["customer_id"].astype(str))["ts"].max() + pd.Timedelta(microseconds=1)
         cutoffs = pd.DataFrame({"customer_id": customers, "cutoff": now.loc[customers].to_numpy()})
         batch = encode(events, cutoffs, self.vocab, self.encoder_config)
-        pred = self.scorer.predict(from_encoded(batch, customers, self.scorer.model_config.n_items), k=k)
+        config = self.scorer.model_config
+        pred = self.scorer.predict(from_encoded(batch, customers, config.n_items, config.targets), k=k)
         return predictions_frame(customers, pred, self.items)
 
 
@@ -120,8 +129,8 @@ def predictions_frame(customers: np.ndarray, pred: Predictions, items: np.ndarra
     out = pd.DataFrame({"customer_id": customers, "stage": np.array(STAGES)[pred.stage_proba.argmax(1)]})
     for j, s in enumerate(STAGES):
         out[f"p_stage_{s}"] = pred.stage_proba[:, j]
-    for name in PROPENSITY_HEADS:
-        out[f"p_{name}"] = pred.propensity[name]
+    for name, p in pred.propensity.items():
+        out[f"p_{name}"] = p
     for j, a in enumerate(ACTIONS):
         out[f"p_outcome_{a}"] = pred.action_outcome[:, j]
     out["top_items"] = [" ".join(items[row]) for row in pred.top_items]
@@ -148,7 +157,11 @@ def log_scorer(scorer: SequenceScorer, vocab: Vocabulary, example_events: pd.Dat
         vocab.save(work / "scorer" / "vocab.json")
         (work / "scorer" / "labels.json").write_text(
             json.dumps(
-                {"stages": list(STAGES), "actions": list(ACTIONS), "propensities": list(PROPENSITY_HEADS)}
+                {
+                    "stages": list(STAGES),
+                    "actions": list(ACTIONS),
+                    "propensities": list(scorer.model_config.propensity_heads),
+                }
             )
         )
         model = JourneyPyfunc()

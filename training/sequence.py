@@ -27,10 +27,10 @@ from torch.utils.data.distributed import DistributedSampler
 from features.encoder import TOKEN_FIELDS
 from features.schema import ACTIONS
 from features.vocab import FIRST
-from training.data import PROPENSITY_TARGETS, FeatureData
+from training.data import FeatureData
 from training.interface import Predictions
 from training.model import (
-    PROPENSITY_HEADS,
+    UNSUBSCRIBE,
     Calibration,
     JourneyModel,
     ModelConfig,
@@ -78,11 +78,11 @@ class FitConfig:
 class RowDataset(Dataset[dict[str, Tensor]]):
     """FeatureData as tensors, one dict per row."""
 
-    def __init__(self, data: FeatureData, max_next_items: int) -> None:
+    def __init__(self, data: FeatureData, max_next_items: int, targets: tuple[str, ...]) -> None:
         self.tokens = {name: torch.from_numpy(data.tokens[name]) for name in TOKEN_FIELDS}
         self.aggregates = torch.from_numpy(data.aggregates)
         self.stage = torch.from_numpy(data.stage)
-        self.targets = torch.from_numpy(np.column_stack([data.targets[t] for t in PROPENSITY_TARGETS]))
+        self.targets = torch.from_numpy(np.column_stack([data.targets[t] for t in targets]))
         nxt = np.full((len(data), max_next_items), -1, dtype=np.int64)
         for i, items in enumerate(data.next_items):
             items = items[items >= FIRST][:max_next_items]
@@ -125,10 +125,10 @@ def journey_loss(
     w_stage, w_prop, w_items, w_action = config.loss_weights
     stage = F.cross_entropy(out.stage, batch["stage"].to(device))
 
-    targets = batch["targets"].to(device)  # (B, 3)
+    targets = batch["targets"].to(device)  # (B, n_targets); the unsubscribe head comes last
     unsub = batch["unsubscribed"].to(device)  # -1 where no send was logged
     sent = (batch["action"].to(device) >= 0) & (batch["action"].to(device) != NO_SEND) & (unsub >= 0)
-    prop = F.binary_cross_entropy_with_logits(out.propensity[:, : len(PROPENSITY_TARGETS)], targets)
+    prop = F.binary_cross_entropy_with_logits(out.propensity[:, : targets.shape[1]], targets)
     if sent.any():
         prop = prop + F.binary_cross_entropy_with_logits(out.propensity[sent, -1], unsub[sent])
 
@@ -194,7 +194,7 @@ class SequenceScorer:
             net = nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None
             )
-        dataset = RowDataset(train, cfg.max_next_items)
+        dataset = RowDataset(train, cfg.max_next_items, self.model_config.targets)
         sampler: DistributedSampler[dict[str, Tensor]] | None = (
             DistributedSampler(dataset, shuffle=True, seed=cfg.seed) if world > 1 else None
         )
@@ -272,7 +272,9 @@ class SequenceScorer:
         self, model: JourneyModel, valid: FeatureData, device: torch.device
     ) -> tuple[float, dict[str, float]]:
         model.eval()
-        loader = DataLoader(RowDataset(valid, self.fit_config.max_next_items), batch_size=2048)
+        loader = DataLoader(
+            RowDataset(valid, self.fit_config.max_next_items, self.model_config.targets), batch_size=2048
+        )
         total, n = 0.0, 0
         parts: dict[str, float] = {}
         for batch in loader:
@@ -305,8 +307,8 @@ class SequenceScorer:
 
         stage_t = float(min(grid, key=nll_softmax)) if len(y) else 1.0
         prop_t = []
-        for j, name in enumerate(PROPENSITY_HEADS):
-            if name == "unsubscribe":
+        for j, name in enumerate(self.model_config.propensity_heads):
+            if name == UNSUBSCRIBE:
                 ok = (
                     (valid.logged_action >= 0)
                     & (valid.logged_action != NO_SEND)
@@ -355,7 +357,7 @@ class SequenceScorer:
         prop = probs["propensity"].numpy()
         return Predictions(
             stage_proba=probs["stage"].numpy(),
-            propensity={name: prop[:, j] for j, name in enumerate(PROPENSITY_HEADS)},
+            propensity={name: prop[:, j] for j, name in enumerate(self.model_config.propensity_heads)},
             top_items=outs["top"],
             action_outcome=probs["action"].numpy(),
         )
@@ -406,5 +408,6 @@ def model_config_for(build: Any, **overrides: Any) -> ModelConfig:
         n_items=build.n_items,
         n_aggregates=len(AGGREGATE_NAMES),
         max_len=build.max_len,
+        targets=build.targets,
         **overrides,
     )

@@ -29,12 +29,12 @@ from training.interface import Predictions, Scorer
 from training.model import ModelConfig
 from training.registry import (
     CHAMPION,
-    GATE_METRICS,
     MODEL_NAME,
     GateDecision,
     champion_version,
     configure,
     gate,
+    gate_metrics_for,
     log_scorer,
     resolve_version,
 )
@@ -259,7 +259,7 @@ def promote(
     features: Path,
     candidate: str = "challenger",
     *,
-    metrics: tuple[str, ...] = GATE_METRICS,
+    metrics: tuple[str, ...] | None = None,
     tolerance: float = 0.0,
     force: bool = False,
     n_boot: int = 0,
@@ -268,6 +268,12 @@ def promote(
 
     Both models are evaluated by the same code on the same test data (the given build's test window);
     the decision and its figures are logged to the `journey-promotions` experiment.
+
+    Args:
+        metrics: the gate metrics (all higher-is-better); by default `gate_metrics_for` the build's targets.
+
+    Raises:
+        ValueError: a gate metric the evaluation does not produce.
     """
     configure("journey-promotions")
     client = mlflow.MlflowClient()
@@ -275,11 +281,15 @@ def promote(
     current = champion_version()
     build = FeatureBuild.open(features)
     test = build.split("test")
+    metrics = metrics or gate_metrics_for(build.targets)
 
     def metrics_of(v: str) -> dict[str, float]:
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{v}").unwrap_python_model()
         result = evaluate(model.predict_features(test, k=10), test, catalogue_size=len(build.catalogue),
                           ks=(10,), n_boot=n_boot, name=f"v{v}")  # fmt: skip
+        unknown = [m for m in metrics if m not in result.metrics]
+        if unknown:
+            raise ValueError(f"gate metric(s) {', '.join(unknown)} are not produced by the evaluation")
         return {m: result.metrics[m] for m in metrics}
 
     cand = metrics_of(version)
