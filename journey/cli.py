@@ -12,6 +12,8 @@ import yaml
 app = typer.Typer(help="Journey engine: customer journey stages, next best action, recommendations.")
 features_app = typer.Typer(help="Feature jobs: events -> model-ready sequences and labels.")
 app.add_typer(features_app, name="features")
+decisions_app = typer.Typer(help="The service's decision log.")
+app.add_typer(decisions_app, name="decisions")
 
 
 @app.callback()
@@ -225,6 +227,67 @@ def promote(
     typer.echo(decision.summary())
     if not decision.promoted:
         raise typer.Exit(code=3)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    config: Annotated[Path | None, typer.Option(help="YAML serve settings (configs/serve.yaml).")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="Online store URL (sqlite:///... or redis://...).")
+    ] = None,
+    alias: Annotated[str | None, typer.Option(help="Registry alias to serve.")] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Serve the scoring API (journey-scorer@champion) with uvicorn. API keys: JOURNEY_API_KEYS."""
+    import uvicorn
+
+    from serving.app import create_app
+    from serving.settings import ServeSettings
+
+    overrides = _parse_overrides(set_)
+    if store:
+        overrides["store_url"] = store
+    if alias:
+        overrides["model_alias"] = alias
+    try:
+        settings = ServeSettings.load(config, overrides)
+        application = create_app(settings)
+    except ValueError as err:
+        raise _fail(str(err)) from err
+    typer.echo(
+        f"serving {settings.model_name}@{settings.model_alias} on http://{host}:{port} (docs at /docs)"
+    )
+    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+
+
+@decisions_app.command("export")
+def decisions_export(
+    out: Annotated[Path, typer.Option(help="Parquet (or .csv) file to write.")],
+    store: Annotated[str, typer.Option(help="Online store URL.")] = "sqlite:///online/journey.db",
+) -> None:
+    """Write the decisions with their outcomes: the decision log `journey features build --decisions` and
+    the off-policy evaluation read."""
+    from serving.store import open_store
+
+    try:
+        opened = open_store(store)
+    except ValueError as err:
+        raise _fail(str(err)) from err
+    try:
+        frame = opened.export_decisions()
+    finally:
+        opened.close()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".csv":
+        frame.to_csv(out, index=False)
+    else:
+        frame.to_parquet(out, index=False)
+    typer.echo(f"{len(frame):,} decisions -> {out}")
 
 
 @app.command()

@@ -18,6 +18,8 @@ class Predictions:
         stage_proba: (n, len(STAGES)) probabilities over `schema.STAGES`.
         propensity: target -> (n,) probabilities; the build's label targets and "unsubscribe".
         top_items: (n, k) vocabulary item indices, best first, ranked over the whole catalogue.
+        top_scores: optional (n, k) score of each top item (for the sequence model, its probability of
+            being the next item under the softmax over the whole catalogue).
         action_outcome: (n, len(ACTIONS)) predicted probability of the outcome (a purchase in the
             decision's window) if that action were taken; column `no_send` is the baseline for uplift.
     """
@@ -25,6 +27,7 @@ class Predictions:
     stage_proba: np.ndarray | None = None
     propensity: dict[str, np.ndarray] = field(default_factory=dict)
     top_items: np.ndarray | None = None
+    top_scores: np.ndarray | None = None
     action_outcome: np.ndarray | None = None
 
 

@@ -331,7 +331,9 @@ class SequenceScorer:
     @torch.inference_mode()
     def _forward_all(self, data: FeatureData, k: int = 0) -> dict[str, np.ndarray]:
         model = self.model_
-        chunks: dict[str, list[np.ndarray]] = {"stage": [], "propensity": [], "action": [], "top": []}
+        chunks: dict[str, list[np.ndarray]] = {
+            "stage": [], "propensity": [], "action": [], "top": [], "top_scores": []
+        }  # fmt: skip
         for lo in range(0, len(data), 2048):
             hi = min(lo + 2048, len(data))
             tokens = {n: torch.from_numpy(data.tokens[n][lo:hi]) for n in TOKEN_FIELDS}
@@ -340,7 +342,9 @@ class SequenceScorer:
             chunks["propensity"].append(out.propensity.numpy())
             chunks["action"].append(out.action.numpy())
             if k:
-                chunks["top"].append(torch.topk(out.items, k, dim=1).indices.numpy())
+                top = torch.topk(torch.log_softmax(out.items, dim=1), k, dim=1)
+                chunks["top"].append(top.indices.numpy())
+                chunks["top_scores"].append(top.values.exp().numpy())
         return {key: np.concatenate(v) if v else np.zeros((0,)) for key, v in chunks.items()}
 
     def predict(self, data: FeatureData, k: int = 50) -> Predictions:
@@ -359,6 +363,7 @@ class SequenceScorer:
             stage_proba=probs["stage"].numpy(),
             propensity={name: prop[:, j] for j, name in enumerate(self.model_config.propensity_heads)},
             top_items=outs["top"],
+            top_scores=outs["top_scores"] if k else None,
             action_outcome=probs["action"].numpy(),
         )
 

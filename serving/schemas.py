@@ -1,0 +1,233 @@
+"""Request and response bodies of the v1 API (DESIGN.md, "Score response" and "HTTP API").
+
+Strings refuse NUL bytes and lone surrogates and numbers refuse NaN and infinity at the door: either
+would otherwise pass validation and fail later in the store or in JSON, as a 500.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from features.schema import Action, Channel, EventType
+
+
+def _clean_text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from err
+    return value
+
+
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def _utc_time(value: datetime) -> datetime:
+    """A time read as UTC when it has no offset, between 1970 and 2200 (what the event store holds)."""
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if not _EARLIEST <= value < _LATEST:
+        raise ValueError("must be between 1970-01-01 and 2200-01-01")
+    return value
+
+
+Time = Annotated[datetime, AfterValidator(_utc_time)]
+Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_clean_text)]
+Id = Annotated[str, Field(min_length=1, max_length=128, examples=["C0000042"]), AfterValidator(_clean_text)]
+Number = Annotated[float, Field(allow_inf_nan=False)]
+OUTCOME_KINDS = ("delivered", "opened", "clicked", "purchased", "unsubscribed")
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EventIn(_Body):
+    """One thing the customer did or was sent (the event contract of DESIGN.md)."""
+
+    customer_id: Id | None = Field(None, description="Defaults to the customer of the score request.")
+    ts: Time = Field(description="When it happened; without an offset it is read as UTC.")
+    event_type: EventType
+    channel: Channel | None = None
+    item_id: Text | None = None
+    category: Text | None = None
+    value: Number | None = Field(None, ge=0)
+    quantity: Number | None = Field(None, ge=0)
+    message_type: Action | None = None
+    campaign_id: Text | None = None
+    session_id: Text | None = None
+    event_id: Text | None = Field(None, description="Makes re-posting idempotent.")
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "C0000042",
+                    "ts": "2026-11-20T18:03:00Z",
+                    "event_type": "add_to_cart",
+                    "channel": "web",
+                    "item_id": "I000123",
+                    "event_id": "web-7f3a1",
+                }
+            ]
+        },
+    )
+
+
+class ScoreContext(_Body):
+    now: Time | None = Field(None, description="Scoring time; default the server's clock.")
+    channels: list[Channel] | None = Field(None, description="Channels the platform may use now.")
+    n_items: int | None = Field(None, ge=1, le=1_000, description="Recommendations to return.")
+
+
+class ScoreRequest(_Body):
+    customer_id: Id
+    events: list[EventIn] = Field(default_factory=list, description="Inline events, merged with the stored.")
+    context: ScoreContext | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "customer_id": "C0000042",
+                    "events": [
+                        {"ts": "2026-11-20T18:03:00Z", "event_type": "add_to_cart", "item_id": "I000123"}
+                    ],
+                    "context": {"channels": ["email"], "n_items": 5},
+                }
+            ]
+        },
+    )
+
+
+class BatchScoreRequest(_Body):
+    customers: list[ScoreRequest] = Field(min_length=1)
+
+
+class EventsRequest(_Body):
+    events: list[EventIn] = Field(min_length=1)
+
+
+class FeedbackRequest(_Body):
+    decision_id: Id
+    outcome: Literal["delivered", "opened", "clicked", "purchased", "unsubscribed"]
+    ts: Time | None = Field(None, description="When it happened; default now.")
+    revenue: Number | None = Field(None, ge=0, description="For purchased.")
+    item_id: Text | None = Field(None, description="For purchased: the item bought (becomes an event).")
+    quantity: Number | None = Field(None, ge=0)
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"decision_id": "5f0c...", "outcome": "purchased", "revenue": 42.5, "item_id": "I000123"}
+            ]
+        },
+    )
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class StageOut(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class RankedAction(BaseModel):
+    action: str
+    score: float = Field(description="Expected gain in purchase probability over no_send.")
+    eligible: bool
+    blocked_by: str | None
+
+
+class NextBestAction(BaseModel):
+    action: str
+    channel: str | None
+    expected_uplift: float
+    propensity: float = Field(description="Probability with which the policy chose this action.")
+    decision_id: str
+    control_group: bool
+    explored: bool
+    ranked: list[RankedAction]
+
+
+class Recommendation(BaseModel):
+    item_id: str
+    score: float
+    rank: int
+
+
+class ScoreResponse(BaseModel):
+    customer_id: str
+    scored_at: datetime
+    model: ModelRef
+    stage: StageOut
+    propensities: dict[str, float]
+    next_best_action: NextBestAction
+    recommendations: list[Recommendation]
+    reasons: list[str]
+
+
+class BatchScoreResponse(BaseModel):
+    results: list[ScoreResponse]
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    duplicates: int
+
+
+class FeedbackResponse(BaseModel):
+    decision_id: str
+    outcome: str
+    events_added: int
+
+
+class CustomerResponse(BaseModel):
+    customer_id: str
+    events: list[dict[str, Any]]
+    decisions: list[dict[str, Any]]
+    stage: StageOut | None
+
+
+class EraseResponse(BaseModel):
+    customer_id: str
+    erased: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    alias: str
+    version: str | None
+    run_id: str | None
+    loaded_at: datetime | None
+    last_checked_at: datetime | None
+    last_error: str | None
+    catalogue_size: int | None
+
+
+class ReloadResponse(BaseModel):
+    changed: bool
+    version: str | None
+    previous: str | None
+    error: str | None
+
+
+class ErrorResponse(BaseModel):
+    detail: Any
+
+
+class Health(BaseModel):
+    status: Literal["ok", "not ready"]
+    model_version: str | None = None
+    detail: str | None = None

@@ -1,0 +1,314 @@
+"""Scoring and deciding for the service: events -> the one encoder -> the model -> business rules -> the
+policy's draw -> a recorded decision.
+
+The encoder (`features.encoder.encode`) and the rules (`features.policy.eligibility`) are the functions
+the feature job and the offline policy evaluation call, so a customer is judged online exactly as the
+evaluation judged them. Everything here is vectorised over customers: `/v1/score` is a batch of one.
+
+The policy logs a propensity for every decision. A customer in the control group (stable per id) always
+gets no_send; everyone else gets the greedy eligible action, explored a little. Control membership is a
+hash of the id, which across customers behaves like a coin with P(control) = control_share, so the
+logged propensity of the action taken is the marginal
+
+    p(a) = control_share * [a = no_send] + (1 - control_share) * pi(a | eligible actions, uplift),
+
+above zero for every eligible action, and no_send is always eligible: off-policy estimators (IPS, DR) and
+the campaign's lift against the control group both have what they need.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from features.encoder import AGGREGATE_NAMES, EncodedBatch, encode
+from features.policy import NO_SEND, eligibility, greedy_policy
+from features.schema import ACTIONS, EVENT_COLUMNS, STAGES, Action
+from serving.model import LoadedModel
+from serving.settings import ServeSettings
+from serving.store import Decision, SendState
+from training.data import from_encoded
+from training.interface import Predictions
+
+MESSAGE_CHANNEL = "email"  # every action of the default catalogue is an e-mail
+
+
+@dataclass
+class Scored:
+    """Model answers for a batch of customers, row-aligned with `customer_ids`."""
+
+    customer_ids: np.ndarray
+    now: list[datetime]
+    batch: EncodedBatch
+    pred: Predictions
+
+    def aggregates(self, i: int) -> dict[str, float]:
+        return {name: float(self.batch.aggregates[name][i]) for name in AGGREGATE_NAMES}
+
+
+def empty_events() -> pd.DataFrame:
+    frame = pd.DataFrame({c: pd.Series(dtype=object) for c in EVENT_COLUMNS})
+    frame["ts"] = pd.Series(dtype="datetime64[us, UTC]")
+    frame["value"] = pd.Series(dtype="float64")
+    frame["quantity"] = pd.Series(dtype="float64")
+    return frame
+
+
+def merge_events(stored: pd.DataFrame, inline: pd.DataFrame) -> pd.DataFrame:
+    """Stored and inline events together; an inline event already stored (same event id) counts once."""
+    if inline.empty:
+        return stored
+    if stored.empty:
+        return inline
+    both = pd.concat([stored, inline], ignore_index=True)
+    has_id = both["event_id"].notna()
+    dup = has_id & both.duplicated(subset=["customer_id", "event_id"], keep="first")
+    return both[~dup].reset_index(drop=True)
+
+
+def default_now(events: pd.DataFrame, customer_ids: Sequence[str], clock: datetime) -> list[datetime]:
+    """Scoring time per customer: the clock, or just after their latest event if that is later (a
+    platform's clock a little ahead of ours must not hide the event it just sent)."""
+    if events.empty:
+        return [clock] * len(customer_ids)
+    latest = events.groupby("customer_id")["ts"].max()
+    out = []
+    for c in customer_ids:
+        t = latest.get(c)
+        out.append(max(clock, (t + pd.Timedelta(milliseconds=1)).to_pydatetime()) if t is not None else clock)
+    return out
+
+
+def predict_customers(
+    model: LoadedModel, events: pd.DataFrame, customer_ids: np.ndarray, now: Sequence[datetime], k: int
+) -> Predictions:
+    """The model's answer for each customer at their time `now` (events at or after it are not seen)."""
+    return score_customers(model, events, customer_ids, now, k).pred
+
+
+def score_customers(
+    model: LoadedModel, events: pd.DataFrame, customer_ids: np.ndarray, now: Sequence[datetime], k: int
+) -> Scored:
+    """Encodes the customers' events with the feature job's encoder and runs the model once."""
+    cutoffs = pd.DataFrame({"customer_id": customer_ids, "cutoff": pd.to_datetime(list(now), utc=True)})
+    batch = encode(events, cutoffs, model.pyfunc.vocab, model.encoder_config)
+    config = model.scorer.model_config
+    data = from_encoded(batch, customer_ids, config.n_items, config.targets)
+    k = max(1, min(k, model.catalogue_size))
+    return Scored(np.asarray(customer_ids, dtype=object), list(now), batch, model.scorer.predict(data, k=k))
+
+
+def inputs_digest(batch: EncodedBatch, i: int) -> str:
+    """sha256 of one row's model inputs (tokens and aggregates): what the decision was made on."""
+    h = hashlib.sha256()
+    lo, hi = batch.offsets[i], batch.offsets[i + 1]
+    for name in sorted(batch.values):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(batch.values[name][lo:hi]).tobytes())
+    for name in AGGREGATE_NAMES:
+        h.update(np.float64(batch.aggregates[name][i]).tobytes())
+    return h.hexdigest()[:32]
+
+
+def in_control_group(customer_ids: Sequence[str], share: float, salt: str) -> np.ndarray:
+    """Stable per customer: sha256(salt, id) read as a number in [0, 1) below `share`."""
+    out = np.zeros(len(customer_ids), dtype=bool)
+    if share <= 0:
+        return out
+    for i, c in enumerate(customer_ids):
+        digest = hashlib.sha256(f"{salt}\x00{c}".encode()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64 < share
+    return out
+
+
+@dataclass
+class RuleInputs:
+    """The aggregates the rules read, with the online store's state laid over the events' view."""
+
+    aggregates: dict[str, np.ndarray]
+    days_since_action: dict[str, np.ndarray]
+
+
+def rule_inputs(scored: Scored, states: dict[str, SendState]) -> RuleInputs:
+    """Consent, sends in 7 / 28 days and last send per action, from the store where it knows more.
+
+    The store keeps consent and the send log beyond the last L events, and counts the decisions of
+    every replica; the events seen by the encoder may include inline ones the store does not have yet.
+    Sends: the larger of the two counts. Consent: the store's, unless it is unknown there.
+    """
+    agg = {
+        name: np.asarray(scored.batch.aggregates[name], dtype=np.float64).copy() for name in AGGREGATE_NAMES
+    }
+    ids = scored.customer_ids
+    store_consent = np.array([states[c].consent for c in ids], dtype=np.float64)
+    agg["email_consent"] = np.where(store_consent >= 0, store_consent, agg["email_consent"])
+    agg["emails_received_7d"] = np.maximum(agg["emails_received_7d"], [states[c].sends_7d for c in ids])
+    agg["emails_received_28d"] = np.maximum(agg["emails_received_28d"], [states[c].sends_28d for c in ids])
+    days: dict[str, np.ndarray] = {}
+    for action in ACTIONS:
+        col = np.full(len(ids), np.nan)
+        for i, c in enumerate(ids):
+            last = states[c].last_send.get(action)
+            if last is not None:
+                col[i] = (scored.now[i] - last).total_seconds() / 86_400
+        days[action] = col
+    return RuleInputs(agg, days)
+
+
+@dataclass
+class Choice:
+    """The policy's draw per customer."""
+
+    action: np.ndarray  # (n,) index into ACTIONS
+    propensity: np.ndarray  # (n,) logged probability of that action (marginal over the control draw)
+    control: np.ndarray  # (n,) bool
+    explored: np.ndarray  # (n,) bool: the draw differs from the greedy action
+    greedy: np.ndarray  # (n,) index of the greedy action
+
+
+def policy_probabilities(uplift: np.ndarray, allowed: np.ndarray, settings: ServeSettings) -> np.ndarray:
+    """pi(a | x): (n, len(ACTIONS)) probabilities over eligible actions, zero for blocked ones."""
+    allowed = allowed.copy()
+    allowed[:, NO_SEND] = True
+    n = len(uplift)
+    if settings.exploration == "softmax":
+        score = np.where(allowed, uplift, -np.inf)
+        score[:, NO_SEND] = settings.min_uplift
+        z = score / settings.temperature
+        z = z - z.max(axis=1, keepdims=True)
+        w = np.where(allowed, np.exp(z), 0.0)
+        return w / w.sum(axis=1, keepdims=True)
+    greedy = greedy_policy(uplift, allowed, settings.min_uplift)
+    probs = np.where(allowed, settings.epsilon / allowed.sum(axis=1, keepdims=True), 0.0)
+    probs[np.arange(n), greedy] += 1.0 - settings.epsilon
+    return probs
+
+
+def choose(
+    uplift: np.ndarray,
+    allowed: np.ndarray,
+    customer_ids: Sequence[str],
+    settings: ServeSettings,
+    rng: np.random.Generator,
+) -> Choice:
+    """Control group, then a draw from the exploring policy; propensities as in the module docstring."""
+    n = len(uplift)
+    pi = policy_probabilities(uplift, allowed, settings)
+    greedy = greedy_policy(uplift, allowed, settings.min_uplift)
+    u = rng.random(n)
+    drawn = np.minimum((pi.cumsum(axis=1) < u[:, None]).sum(axis=1), len(ACTIONS) - 1)
+    drawn = np.where(pi[np.arange(n), drawn] > 0, drawn, greedy)  # float round-off at the top end
+    control = in_control_group(customer_ids, settings.control_share, settings.control_salt)
+    action = np.where(control, NO_SEND, drawn)
+    share = settings.control_share
+    propensity = share * (action == NO_SEND) + (1 - share) * pi[np.arange(n), action]
+    return Choice(action, propensity, control, (~control) & (action != greedy), greedy)
+
+
+def blocked_matrix(
+    scored: Scored, rules_in: RuleInputs, settings: ServeSettings, channels: Sequence[set[str] | None]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(allowed, blocked_by) per customer and action: the business rules, then the request's channels."""
+    elig = eligibility(rules_in.aggregates, settings.rules, rules_in.days_since_action)
+    allowed, blocked_by = elig.allowed.copy(), elig.blocked_by.copy()
+    messages = np.array([a != Action.NO_SEND for a in ACTIONS])
+    for i, allowed_channels in enumerate(channels):
+        if allowed_channels is not None and MESSAGE_CHANNEL not in allowed_channels:
+            cells = messages & allowed[i]
+            blocked_by[i, cells] = "channel_not_allowed"
+            allowed[i, cells] = False
+    return allowed, blocked_by
+
+
+def new_decision_id() -> str:
+    return uuid.uuid4().hex
+
+
+def reasons_for(
+    scored: Scored,
+    i: int,
+    events: pd.DataFrame,
+    action: str,
+    control: bool,
+    explored: bool,
+    uplift: float,
+    blocked: dict[str, str],
+) -> list[str]:
+    """What drove the answer, in words a marketer reads: the stage, the signals behind it, the rule or
+    draw behind the action."""
+    agg = scored.aggregates(i)
+    pred = scored.pred
+    out = []
+    if pred.stage_proba is not None:
+        j = int(pred.stage_proba[i].argmax())
+        out.append(f"stage {STAGES[j]} with probability {pred.stage_proba[i, j]:.0%}")
+    if agg["open_cart"] > 0:
+        out.append("has items in the cart")
+    if agg["n_carts_7d"] > 0:
+        out.append(f"{agg['n_carts_7d']:.0f} add-to-cart events in the last 7 days")
+    if agg["n_product_views_7d"] > 0:
+        out.append(f"{agg['n_product_views_7d']:.0f} product views in the last 7 days")
+    if agg["n_purchases"] > 0:
+        out.append(
+            f"{agg['n_purchases']:.0f} purchases, the last {agg['days_since_last_purchase']:.0f} days ago"
+        )
+    elif agg["n_events"] == 0:
+        out.append("no events yet: a new customer")
+    if agg["recency_days"] >= 30 and agg["n_events"] > 0:
+        out.append(f"no activity for {agg['recency_days']:.0f} days")
+    customer = scored.customer_ids[i]
+    recent = events[events["customer_id"] == customer].tail(3)
+    for row in recent.itertuples(index=False):
+        what = row.event_type + (f" of {row.item_id}" if isinstance(row.item_id, str) else "")
+        out.append(f"recent: {what} at {pd.Timestamp(row.ts).isoformat()}")
+    if control:
+        out.append("in the control group: sent nothing, so the campaign's lift can be measured")
+    elif action == Action.NO_SEND:
+        reasons = sorted({r for r in blocked.values() if r})
+        out.append(
+            "no message gains over sending nothing" + (f" (blocked: {', '.join(reasons)})" if reasons else "")
+        )
+    else:
+        out.append(f"{action}: expected gain {uplift:+.3f} in purchase probability over sending nothing")
+    if explored:
+        out.append("chosen by exploration, not the highest expected gain (keeps every action measurable)")
+    return out
+
+
+def make_decision(
+    *,
+    customer_id: str,
+    now: datetime,
+    action: str,
+    propensity: float,
+    model: LoadedModel,
+    digest: str,
+    control: bool,
+    stage: str,
+    uplift: float,
+    detail: dict,
+) -> Decision:
+    return Decision(
+        decision_id=new_decision_id(),
+        customer_id=customer_id,
+        ts=now if now.tzinfo else now.replace(tzinfo=UTC),
+        action=action,
+        channel=None if action == Action.NO_SEND else MESSAGE_CHANNEL,
+        propensity=float(propensity),
+        model_version=model.version,
+        inputs_digest=digest,
+        control=bool(control),
+        stage=stage,
+        expected_uplift=float(uplift),
+        detail=detail,
+    )
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,444 @@
+"""The service's work, without HTTP: score and decide for a batch of customers, take events and feedback,
+show and erase a customer. `serving.app` maps routes onto these methods; tests and the audience export
+may call them directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from features.policy import NO_SEND
+from features.schema import ACTIONS, EVENT_COLUMNS, STAGES, Action, EventType
+from features.validate import validate_events
+from serving.model import LoadedModel, ModelManager
+from serving.scoring import (
+    Scored,
+    blocked_matrix,
+    choose,
+    default_now,
+    inputs_digest,
+    make_decision,
+    merge_events,
+    reasons_for,
+    rule_inputs,
+    score_customers,
+    utcnow,
+)
+from serving.settings import ServeSettings
+from serving.store import AppendResult, Decision, Outcome, SendState, Store
+
+log = logging.getLogger(__name__)
+
+
+class ClientError(ValueError):
+    """The request is wrong in a way the client can fix: the HTTP layer answers `status` with `detail`."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(str(detail))
+        self.status = status
+        self.detail = detail
+
+
+class NotReady(RuntimeError):
+    """No model is loaded yet."""
+
+
+@dataclass
+class CustomerRequest:
+    """One customer to score: inline events (validated), the time, the channels and how many items."""
+
+    customer_id: str
+    events: pd.DataFrame
+    now: datetime | None = None
+    channels: set[str] | None = None
+    n_items: int | None = None
+
+
+def events_frame(
+    rows: Sequence[dict[str, Any]], default_customer: str | None = None, where: str = "events"
+) -> pd.DataFrame:
+    """Validated events (EVENT_COLUMNS) from request rows, through the feature job's validator.
+
+    Raises:
+        ClientError: 422 naming every bad event by its index, field and reason.
+    """
+    if not rows:
+        from serving.scoring import empty_events
+
+        return empty_events()
+    frame = pd.DataFrame([dict(r) for r in rows])
+    if default_customer is not None:
+        if "customer_id" not in frame:
+            frame["customer_id"] = default_customer
+        other = frame["customer_id"].notna() & (frame["customer_id"] != default_customer)
+        if other.any():
+            bad = [int(i) for i in np.flatnonzero(other.to_numpy())]
+            raise ClientError(
+                422,
+                [
+                    {
+                        "loc": [where, i, "customer_id"],
+                        "msg": f"inline events must belong to customer {default_customer!r}",
+                        "type": "customer_mismatch",
+                    }
+                    for i in bad
+                ],
+            )
+        frame["customer_id"] = frame["customer_id"].fillna(default_customer)
+    for column in EVENT_COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    result = validate_events(frame[list(EVENT_COLUMNS)], lines=np.arange(len(frame)), source=where)
+    if len(result.rejects):
+        raise ClientError(
+            422,
+            [
+                {
+                    "loc": [where, int(r["line"]), r["field"]],
+                    "msg": str(r["message"]),
+                    "type": str(r["reason"]),
+                }
+                for r in result.rejects.to_dict(orient="records")
+            ],
+        )
+    return result.accepted
+
+
+@dataclass
+class Service:
+    """Scoring, decisions and the online store behind one object (thread-safe)."""
+
+    settings: ServeSettings
+    store: Store
+    manager: ModelManager
+    decisions_counter: Any = None  # prometheus Counter with label action, or None
+    _rng_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._rng = np.random.default_rng(self.settings.seed)
+
+    # -- scoring ---------------------------------------------------------------------------------------
+    def model(self) -> LoadedModel:
+        model = self.manager.current
+        if model is None:
+            raise NotReady(self.manager.status.error or "no model loaded yet")
+        return model
+
+    def score(self, requests: Sequence[CustomerRequest], record: bool = True) -> list[dict[str, Any]]:
+        """Scores and decides for each customer in one vectorised pass; records the decisions.
+
+        A customer may appear once per call (a decision is about one customer at one time).
+        """
+        model = self.model()
+        ids = [r.customer_id for r in requests]
+        if len(set(ids)) != len(ids):
+            seen: set[str] = set()
+            dup = [i for i, c in enumerate(ids) if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
+            raise ClientError(
+                422,
+                [
+                    {
+                        "loc": ["customers", i, "customer_id"],
+                        "msg": "customer listed twice in one batch",
+                        "type": "duplicate_customer",
+                    }
+                    for i in dup
+                ],
+            )
+        inline = [r.events for r in requests if not r.events.empty]
+        stored = self.store.events(ids)
+        events = merge_events(stored, pd.concat(inline, ignore_index=True) if inline else stored.iloc[:0])
+        events = events.sort_values(["customer_id", "ts"], kind="stable").reset_index(drop=True)
+        clock = utcnow()
+        defaults = default_now(events, ids, clock)
+        now = [_utc(r.now) if r.now is not None else d for r, d in zip(requests, defaults, strict=True)]
+        k_max = max((r.n_items or self.settings.default_items) for r in requests)
+        scored = score_customers(model, events, np.array(ids, dtype=object), now, k_max)
+
+        states = self._send_states(ids, now)
+        rules_in = rule_inputs(scored, states)
+        allowed, blocked_by = blocked_matrix(scored, rules_in, self.settings, [r.channels for r in requests])
+        outcome = scored.pred.action_outcome
+        assert outcome is not None
+        uplift = outcome - outcome[:, [NO_SEND]]
+        with self._rng_lock:
+            choice = choose(uplift, allowed, ids, self.settings, self._rng)
+
+        results = []
+        for i, req in enumerate(requests):
+            results.append(
+                self._answer(
+                    model, scored, i, req, events, uplift[i], allowed[i], blocked_by[i], choice, record
+                )
+            )
+        return results
+
+    def _send_states(self, ids: list[str], now: list[datetime]) -> dict[str, SendState]:
+        """The store's rule state of each customer at their own scoring time (one call per distinct time)."""
+        by_time: dict[datetime, list[str]] = {}
+        for c, t in zip(ids, now, strict=True):
+            by_time.setdefault(t, []).append(c)
+        states: dict[str, SendState] = {}
+        for t, group in by_time.items():
+            states.update(self.store.send_state(group, t))
+        return states
+
+    def _answer(
+        self,
+        model: LoadedModel,
+        scored: Scored,
+        i: int,
+        req: CustomerRequest,
+        events: pd.DataFrame,
+        uplift: np.ndarray,
+        allowed: np.ndarray,
+        blocked_by: np.ndarray,
+        choice: Any,
+        record: bool,
+    ) -> dict[str, Any]:
+        pred = scored.pred
+        assert pred.stage_proba is not None
+        assert pred.top_items is not None
+        stage_p = pred.stage_proba[i]
+        stage = STAGES[int(stage_p.argmax())]
+        action = ACTIONS[int(choice.action[i])]
+        propensity = float(choice.propensity[i])
+        control, explored = bool(choice.control[i]), bool(choice.explored[i])
+        blocked = {ACTIONS[j]: str(blocked_by[j]) for j in range(len(ACTIONS))}
+        k = req.n_items or self.settings.default_items
+        top = pred.top_items[i][:k]
+        scores = pred.top_scores[i][:k] if pred.top_scores is not None else np.zeros(len(top))
+        recommendations = [
+            {"item_id": str(model.items[j]), "score": float(s), "rank": r + 1}
+            for r, (j, s) in enumerate(zip(top, scores, strict=True))
+        ]
+        digest = inputs_digest(scored.batch, i)
+        now = scored.now[i]
+        decision_id = ""
+        if record:
+            decision, committed = self._commit(
+                model,
+                req.customer_id,
+                now,
+                action,
+                propensity,
+                digest,
+                control,
+                stage,
+                float(uplift[ACTIONS.index(action)]),
+                recommendations,
+            )
+            if not committed:
+                # Another request (maybe on another replica) used the customer's last send of the period
+                # between our read and our write: the cap holds, and this customer gets nothing now.
+                for j, a in enumerate(ACTIONS):
+                    if a != Action.NO_SEND and allowed[j]:
+                        allowed[j] = False
+                        blocked[a] = "frequency_cap"
+                action, propensity, explored = Action.NO_SEND.value, 1.0, False
+                decision, committed = self._commit(
+                    model,
+                    req.customer_id,
+                    now,
+                    action,
+                    propensity,
+                    digest,
+                    control,
+                    stage,
+                    0.0,
+                    recommendations,
+                )
+            decision_id = decision.decision_id
+            if self.decisions_counter is not None:
+                self.decisions_counter.labels(action=action).inc()
+        rows: list[dict[str, Any]] = [
+            {
+                "action": a,
+                "score": 0.0 if a == Action.NO_SEND else float(uplift[j]),
+                "eligible": bool(allowed[j]) or a == Action.NO_SEND,
+                "blocked_by": blocked[a] or None,
+            }
+            for j, a in enumerate(ACTIONS)
+        ]
+        ranked = sorted(rows, key=lambda r: (not r["eligible"], -r["score"]))
+        a_index = ACTIONS.index(action)
+        return {
+            "customer_id": req.customer_id,
+            "scored_at": now,
+            "model": {"name": model.name, "version": model.version},
+            "stage": {
+                "label": stage,
+                "probabilities": {s: float(p) for s, p in zip(STAGES, stage_p, strict=True)},
+            },
+            "propensities": {name: float(p[i]) for name, p in pred.propensity.items()},
+            "next_best_action": {
+                "action": action,
+                "channel": None if action == Action.NO_SEND else "email",
+                "expected_uplift": 0.0 if action == Action.NO_SEND else float(uplift[a_index]),
+                "propensity": propensity,
+                "decision_id": decision_id,
+                "control_group": control,
+                "explored": explored,
+                "ranked": ranked,
+            },
+            "recommendations": recommendations,
+            "reasons": reasons_for(
+                scored, i, events, action, control, explored, float(uplift[a_index]), blocked
+            ),
+        }
+
+    def _commit(
+        self,
+        model: LoadedModel,
+        customer_id: str,
+        now: datetime,
+        action: str,
+        propensity: float,
+        digest: str,
+        control: bool,
+        stage: str,
+        uplift: float,
+        recommendations: list[dict[str, Any]],
+    ) -> tuple[Decision, bool]:
+        decision = make_decision(
+            customer_id=customer_id,
+            now=now,
+            action=action,
+            propensity=propensity,
+            model=model,
+            digest=digest,
+            control=control,
+            stage=stage,
+            uplift=uplift,
+            detail={"items": [r["item_id"] for r in recommendations]},
+        )
+        rules = self.settings.rules
+        ok = self.store.commit_decision(decision, rules.max_emails_7d, rules.max_emails_28d)
+        return decision, ok
+
+    # -- events and feedback ---------------------------------------------------------------------------
+    def add_events(self, events: pd.DataFrame) -> AppendResult:
+        return self.store.append_events(events)
+
+    def feedback(
+        self,
+        decision_id: str,
+        kind: str,
+        ts: datetime | None,
+        revenue: float | None,
+        item_id: str | None,
+        quantity: float | None,
+    ) -> int:
+        """Records an outcome; opens, clicks, purchases and unsubscribes also become the customer's events.
+
+        Returns the number of events added.
+
+        Raises:
+            ClientError: 404 for an unknown decision; 422 for a purchase without its item.
+        """
+        decision = self.store.decision(decision_id)
+        if decision is None:
+            raise ClientError(404, f"unknown decision_id {decision_id!r}")
+        if kind == "purchased" and item_id is None:
+            raise ClientError(
+                422,
+                [
+                    {
+                        "loc": ["body", "item_id"],
+                        "msg": "a purchased outcome needs the item bought "
+                        "(item_id): it becomes the customer's purchase event",
+                        "type": "missing",
+                    }
+                ],
+            )
+        when = _utc(ts) if ts is not None else utcnow()
+        self.store.record_outcome(decision_id, Outcome(kind=kind, ts=when, revenue=revenue))
+        event_type = {
+            "opened": EventType.EMAIL_OPEN,
+            "clicked": EventType.EMAIL_CLICK,
+            "purchased": EventType.PURCHASE,
+            "unsubscribed": EventType.EMAIL_UNSUBSCRIBE,
+        }.get(kind)
+        if event_type is None:  # delivered: the send is already an event (appended with the decision)
+            return 0
+        row = {
+            "customer_id": decision.customer_id,
+            "ts": when,
+            "event_type": event_type.value,
+            "channel": "email" if event_type != EventType.PURCHASE else "web",
+            "item_id": item_id if event_type == EventType.PURCHASE else None,
+            "value": revenue if event_type == EventType.PURCHASE else None,
+            "quantity": quantity if event_type == EventType.PURCHASE else None,
+            "message_type": decision.action
+            if event_type != EventType.PURCHASE and decision.action != "no_send"
+            else None,
+            "campaign_id": decision_id,
+            "event_id": f"{decision_id}:{kind}",
+        }
+        frame = events_frame([row], where="feedback")
+        return self.store.append_events(frame).accepted
+
+    # -- customers -------------------------------------------------------------------------------------
+    def customer(self, customer_id: str) -> dict[str, Any]:
+        """Recent events, last decisions and the current stage (scored without recording a decision).
+
+        Raises:
+            ClientError: 404 when the store knows nothing of the customer.
+        """
+        events = self.store.events([customer_id])
+        decisions = self.store.decisions_of(customer_id, limit=20)
+        if events.empty and not decisions:
+            raise ClientError(404, f"unknown customer {customer_id!r}")
+        stage = None
+        if self.manager.current is not None:
+            answer = self.score([CustomerRequest(customer_id, events.iloc[:0])], record=False)[0]
+            stage = answer["stage"]
+        return {
+            "customer_id": customer_id,
+            "events": [_jsonable(r) for r in events.tail(50).to_dict(orient="records")],
+            "decisions": [_decision_dict(d) for d in decisions],
+            "stage": stage,
+        }
+
+    def erase(self, customer_id: str) -> int:
+        return self.store.erase(customer_id)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _jsonable(row: Mapping[Any, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, v in row.items():
+        k = str(key)
+        if isinstance(v, pd.Timestamp):
+            out[k] = v.isoformat()
+        elif isinstance(v, float) and not np.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = v
+    return out
+
+
+def _decision_dict(d: Decision) -> dict[str, Any]:
+    return {
+        "decision_id": d.decision_id,
+        "ts": d.ts.isoformat(),
+        "action": d.action,
+        "channel": d.channel,
+        "propensity": d.propensity,
+        "model_version": d.model_version,
+        "control_group": d.control,
+        "stage": d.stage,
+        "expected_uplift": d.expected_uplift,
+    }
