@@ -282,6 +282,8 @@ def decisions_export(
         frame = opened.export_decisions()
     finally:
         opened.close()
+    # Microsecond times, as the event contract and the simulator's decision log store them.
+    frame["ts"] = frame["ts"].astype("datetime64[us, UTC]")
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".csv":
         frame.to_csv(out, index=False)

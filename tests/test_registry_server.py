@@ -120,3 +120,35 @@ def test_champion_loaded_from_a_postgres_backed_server_scores_as_in_memory(
     assert MODEL_NAME in names
     assert (CHAMPION, int(version)) in [tuple(row) for row in aliases]
     assert list(server_store.artifacts.rglob("MLmodel"))
+
+
+def test_the_service_loads_its_champion_from_the_server(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path, server_store: MlflowServer, tmp_path: Path
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from serving.app import create_app
+    from serving.settings import ServeSettings
+
+    events = _busiest_customer(shop)
+    with mlflow.start_run():
+        version = str(log_scorer(scorer, build.vocab, events))
+    MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    settings = ServeSettings(
+        tracking_uri=server_store.tracking_uri,
+        store_url=f"sqlite:///{tmp_path / 'online.db'}",
+        api_keys=("k",),
+        reload_interval_s=0,
+    )
+    with TestClient(create_app(settings)) as client:
+        assert client.get("/readyz").status_code == 200
+        info = client.get("/v1/model", headers={"X-API-Key": "k"}).json()
+        assert info["version"] == version
+        rows = [
+            {k: v for k, v in r.items() if isinstance(v, str) and k != "customer_id"}
+            for r in events.assign(ts=events["ts"].astype(str)).to_dict(orient="records")
+        ]
+        body = {"customer_id": str(events["customer_id"].iloc[0]), "events": rows}
+        answer = client.post("/v1/score", json=body, headers={"X-API-Key": "k"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"] == {"name": MODEL_NAME, "version": version}

@@ -429,3 +429,47 @@ def test_settings_name_unknown_keys_and_bad_values() -> None:
     assert s.rules == RuleConfig(max_emails_7d=2)
     with pytest.raises(ValueError, match="JOURNEY_API_KEYS"):
         create_app(ServeSettings())
+
+
+def test_decisions_export_in_the_form_the_feature_job_reads(
+    client: TestClient,
+    served: Served,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+
+    from features.labels import DECISION_COLUMNS
+    from journey.cli import app as cli
+
+    customers = active_customers(served, 3)
+    for c in customers:
+        post_history(client, served, c)
+    answers = [score(client, c) for c in customers]
+    first = answers[0]["next_best_action"]["decision_id"]
+    r = client.post("/v1/feedback", headers=HEADERS, json={"decision_id": first, "outcome": "opened"})
+    assert r.status_code == 200, r.text
+
+    out = tmp_path / "decisions.parquet"
+    result = CliRunner().invoke(
+        cli, ["decisions", "export", "--out", str(out), "--store", f"sqlite:///{tmp_path / 'online.db'}"]
+    )
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out)
+    simulated = pq.read_table(served.shop / "decisions.parquet")
+    for name in DECISION_COLUMNS:
+        assert table.schema.field(name).type == simulated.schema.field(name).type, name
+    frame = table.to_pandas()
+    assert sorted(frame["decision_id"]) == sorted(a["next_best_action"]["decision_id"] for a in answers)
+    assert frame.set_index("decision_id").loc[first, "opened"]
+    assert not frame.set_index("decision_id").drop(index=first)["opened"].any()
+    by_id = {a["next_best_action"]["decision_id"]: a["next_best_action"] for a in answers}
+    for row in frame.itertuples():
+        assert row.action == by_id[row.decision_id]["action"]
+        assert row.propensity == pytest.approx(by_id[row.decision_id]["propensity"])
+        assert row.model_version == served.version or row.model_version.isdigit()
+
+
+def test_shipped_serve_config_is_the_defaults() -> None:
+    shipped = ServeSettings.load(Path(__file__).parents[1] / "configs" / "serve.yaml", environ={})
+    assert shipped == ServeSettings()
