@@ -82,3 +82,7 @@ def run_demo(
         f"/runs/{result.run_id} (the run)\n"
         "and http://127.0.0.1:5000/#/models/journey-scorer (versions and aliases)."
     )
+    echo(
+        "\nServe the champion to e-mail platforms (README, 'The scoring service'):\n"
+        "  JOURNEY_API_KEYS=demo-key .venv/bin/journey serve --port 8000   # then http://127.0.0.1:8000/docs"
+    )

@@ -271,6 +271,9 @@ class Service:
         ]
         ranked = sorted(rows, key=lambda r: (not r["eligible"], -r["score"]))
         a_index = ACTIONS.index(action)
+        # Only what the model saw: the customer's events before the scoring time.
+        mine = events["customer_id"] == req.customer_id
+        seen = events[mine & (events["ts"] < pd.Timestamp(now))]
         return {
             "customer_id": req.customer_id,
             "scored_at": now,
@@ -292,7 +295,7 @@ class Service:
             },
             "recommendations": recommendations,
             "reasons": reasons_for(
-                scored, i, events, action, control, explored, float(uplift[a_index]), blocked
+                scored, i, seen, action, control, explored, float(uplift[a_index]), blocked
             ),
         }
 
