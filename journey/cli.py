@@ -292,6 +292,81 @@ def decisions_export(
     typer.echo(f"{len(frame):,} decisions -> {out}")
 
 
+@app.command("score-audience")
+def score_audience(
+    events: Annotated[
+        Path, typer.Option(help="Parquet events dataset (the event contract), e.g. a shop's events/.")
+    ],
+    out: Annotated[Path, typer.Option(help="File to write: .parquet or .csv.")],
+    now: Annotated[str | None, typer.Option(help="Scoring time (ISO); default now.")] = None,
+    segment: Annotated[
+        Path | None, typer.Option(help="Only these customers: CSV or Parquet with a customer_id column.")
+    ] = None,
+    items: Annotated[int, typer.Option(help="Recommended items per customer.")] = 5,
+    chunk: Annotated[int, typer.Option(help="Customers per vectorised pass.")] = 5_000,
+    record: Annotated[
+        bool, typer.Option(help="Record the decisions in the online store (ids in the file).")
+    ] = True,
+    config: Annotated[Path | None, typer.Option(help="YAML serve settings (rules, policy, store).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a setting: key=value.")] = None,
+    alias: Annotated[str | None, typer.Option(help="Registry alias of the model.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
+) -> None:
+    """Score every customer (or a segment) to a file an e-mail platform imports: stage, next best action,
+    top items, propensities and decision ids."""
+    from datetime import UTC, datetime
+
+    import pandas as pd
+    from rich.progress import Progress
+
+    from serving.audience import read_segment
+    from serving.audience import score_audience as run
+    from serving.model import ModelManager
+    from serving.service import Service
+    from serving.settings import ServeSettings
+    from serving.store import open_store
+    from training.registry import configure
+
+    overrides = _parse_overrides(set_)
+    if alias:
+        overrides["model_alias"] = alias
+    try:
+        settings = ServeSettings.load(config, overrides)
+        when = pd.Timestamp(now).to_pydatetime() if now else datetime.now(UTC)
+        when = when.replace(tzinfo=UTC) if when.tzinfo is None else when
+        ids = read_segment(segment) if segment else None
+    except ValueError as err:
+        raise _fail(str(err)) from err
+    configure()
+    manager = ModelManager(settings.model_name, settings.model_alias)
+    result = manager.reload()
+    if result["error"]:
+        raise _fail(result["error"])
+    store = open_store(settings.store_url, max_events=settings.history_len)
+    service = Service(settings, store, manager)
+    try:
+        with Progress(disable=not progress) as bar:
+            task = bar.add_task("scoring customers", total=None)
+
+            def advance(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            summary = run(service, events, out, now=when, segment=ids, chunk=chunk, n_items=items,
+                          record=record, progress=advance)  # fmt: skip
+    except ValueError as err:
+        raise _fail(str(err)) from err
+    finally:
+        store.close()
+    typer.echo(
+        f"{summary.customers:,} customers scored in {summary.seconds:.1f} s "
+        f"({summary.customers_per_second:,.0f}/s) by {settings.model_name} version {result['version']} "
+        f"-> {out}"
+    )
+    typer.echo(
+        "actions: " + ", ".join(f"{a} {n:,}" for a, n in sorted(summary.actions.items(), key=lambda x: -x[1]))
+    )
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its shop and features.")] = Path(

@@ -133,10 +133,23 @@ class Service:
             raise NotReady(self.manager.status.error or "no model loaded yet")
         return model
 
-    def score(self, requests: Sequence[CustomerRequest], record: bool = True) -> list[dict[str, Any]]:
+    def score(
+        self,
+        requests: Sequence[CustomerRequest],
+        record: bool = True,
+        extra_events: pd.DataFrame | None = None,
+        explain: bool = True,
+    ) -> list[dict[str, Any]]:
         """Scores and decides for each customer in one vectorised pass; records the decisions.
 
         A customer may appear once per call (a decision is about one customer at one time).
+
+        Args:
+            requests: the customers, with their inline events, times, channels and item counts.
+            record: store each decision (False: a preview, no decision id).
+            extra_events: validated events of many customers at once, merged like inline events (the
+                audience export reads a whole chunk of an events file this way).
+            explain: add the reasons in words (the audience export leaves them out).
         """
         model = self.model()
         ids = [r.customer_id for r in requests]
@@ -155,6 +168,8 @@ class Service:
                 ],
             )
         inline = [r.events for r in requests if not r.events.empty]
+        if extra_events is not None and not extra_events.empty:
+            inline.append(extra_events)
         stored = self.store.events(ids)
         events = merge_events(stored, pd.concat(inline, ignore_index=True) if inline else stored.iloc[:0])
         events = events.sort_values(["customer_id", "ts"], kind="stable").reset_index(drop=True)
@@ -173,11 +188,18 @@ class Service:
         with self._rng_lock:
             choice = choose(uplift, allowed, ids, self.settings, self._rng)
 
+        # Each customer's rows of the (customer, ts)-sorted events, found once for the whole batch.
+        customers = events["customer_id"].to_numpy(dtype=object)
+        firsts, lasts = (
+            np.searchsorted(customers, ids, side="left"),
+            np.searchsorted(customers, ids, side="right"),
+        )
         results = []
         for i, req in enumerate(requests):
+            own = events.iloc[firsts[i] : lasts[i]] if explain else events.iloc[:0]
             results.append(
                 self._answer(
-                    model, scored, i, req, events, uplift[i], allowed[i], blocked_by[i], choice, record
+                    model, scored, i, req, own, uplift[i], allowed[i], blocked_by[i], choice, record, explain
                 )
             )
         return results
@@ -204,6 +226,7 @@ class Service:
         blocked_by: np.ndarray,
         choice: Any,
         record: bool,
+        explain: bool = True,
     ) -> dict[str, Any]:
         pred = scored.pred
         assert pred.stage_proba is not None
@@ -272,8 +295,7 @@ class Service:
         ranked = sorted(rows, key=lambda r: (not r["eligible"], -r["score"]))
         a_index = ACTIONS.index(action)
         # Only what the model saw: the customer's events before the scoring time.
-        mine = events["customer_id"] == req.customer_id
-        seen = events[mine & (events["ts"] < pd.Timestamp(now))]
+        seen = events[events["ts"] < pd.Timestamp(now)] if explain else events
         return {
             "customer_id": req.customer_id,
             "scored_at": now,
@@ -296,7 +318,9 @@ class Service:
             "recommendations": recommendations,
             "reasons": reasons_for(
                 scored, i, seen, action, control, explored, float(uplift[a_index]), blocked
-            ),
+            )
+            if explain
+            else [],
         }
 
     def _commit(
