@@ -59,6 +59,11 @@ def main() -> None:
     parser.add_argument(
         "--encoders", nargs="*", default=[], help="also compare these encoders, e.g. transformer gru"
     )
+    parser.add_argument(
+        "--encoders-only",
+        action="store_true",
+        help="only the encoder comparison (its own BENCHMARKS section)",
+    )
     parser.add_argument("--n-boot", type=int, default=300)
     parser.add_argument("--markdown", type=Path, default=None)
     args = parser.parse_args()
@@ -89,6 +94,9 @@ def main() -> None:
                              "total_seconds": round(time.perf_counter() - started, 1),
                              **{m: metrics.get(m) for m in HEADLINE}})  # fmt: skip
 
+    if args.encoders_only:
+        write_encoders(encoder_rows, args, features)
+        return
     config = TrainConfig(features=str(features), shop=str(shop), fit=fit, n_boot=args.n_boot, register=False,
                          experiment="simulated")  # fmt: skip
     result = train(config, progress=False)
@@ -128,6 +136,46 @@ def main() -> None:
     (ROOT / "benchmarks" / "results" / "simulated.md").write_text(section + "\n")
     if args.markdown:
         write_section(args.markdown, "simulated", section)
+
+
+def encoder_table(rows: list[dict]) -> list[str]:
+    keys = ["encoder", "fit_seconds", "stage/macro_f1", "stage_true/macro_f1", "purchase_7d/roc_auc",
+            "churn_30d/roc_auc", "rec/recall_at_10", "rec/ndcg_at_10",
+            "policy/learned/true_value"]  # fmt: skip
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for row in rows:
+        cells = [f"{row[k]:.4f}" if isinstance(row.get(k), float) else str(row.get(k, "")) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_encoders(rows: list[dict], args: argparse.Namespace, features: Path) -> None:
+    """The encoder comparison alone, in its own section (`simulated_encoders`)."""
+    manifest = json.loads((features / "manifest.json").read_text())
+    lines = [
+        "## Simulated shop: transformer or GRU encoder",
+        "",
+        f"Written by `{' '.join(['.venv/bin/python', 'benchmarks/simulated.py', *sys.argv[1:]])}` on "
+        f"{dt.date.today().isoformat()}: {args.customers:,} simulated customers (seed {args.seed}), "
+        f"{manifest['rows']['train']:,} training rows of which {args.train_rows or 'all'} are used, "
+        f"{args.epochs} epochs at most (patience 2), the same data, seed and budget for each encoder; the "
+        "sequence model alone (no baselines), scored on the test window without bootstrap. `fit_seconds` is "
+        "the sequence model's training time on the 2-core machine (other jobs may share it; compare within "
+        "this table).",
+        "",
+        *encoder_table(rows),
+    ]
+    if len(rows) == 2:
+        a, b = rows
+        faster = a if a["fit_seconds"] < b["fit_seconds"] else b
+        low, high = sorted([a["fit_seconds"], b["fit_seconds"]])
+        lines += ["", f"Faster to train: `{faster['encoder']}` ({low:.0f} s vs {high:.0f} s)."]
+    section = "\n".join(lines)
+    print(section)
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "simulated_encoders.md").write_text(section + "\n")
+    if args.markdown:
+        write_section(args.markdown, "simulated_encoders", section)
 
 
 def write_section(path: Path, name: str, body: str) -> None:

@@ -25,6 +25,13 @@ Dynamics (one step per day, per customer; see `_EDGES`, `_HAZARD_BASE` and `_EFF
   (`logging_policy_probabilities`) sends with probability `send_rate` and picks among the nine messages
   with weights that depend only on observable history; every action keeps a propensity > 0 for consented
   customers. Non-consented or unsubscribed customers get no_send with propensity 1.
+* Control group (`control_share`, 0 by default): a stable random share of customers (sha256 of the seed and
+  the customer id, as the service's control group) whose every decision is no_send. The logging policy still
+  draws for them, and its draw is kept as `intended_action`, so that a campaign report can compare the
+  customers sent action a with the control customers the policy meant to send a. Membership is random
+  across customers, so every decision logs the marginal propensity of the action taken,
+  control_share * [a = no_send] + (1 - control_share) * pi(a | x), as the service does (`serving.scoring`).
+  With control_share 0 the random stream and every output are those of a run without a control group.
 * The realised conversion of a decision (a purchase on days d .. d+6) is drawn from the same chain that the
   forward pass uses, so it is a Bernoulli draw of exactly `p_convert__<action taken>`.
 
@@ -57,7 +64,8 @@ bounded at any number of customers):
   year before it, so their signup (and newsletter_signup) events lie before `start`.
 * `catalog.parquet`: item_id, category, price, popularity (probability; sums to 1).
 * `decisions.parquet`: the observable log: decision_id ("D0000001-003"), customer_id, ts (decision time;
-  the email_sent event has the same ts), action, propensity, policy.
+  the email_sent event has the same ts), action, propensity, policy, control (bool: the customer is in the
+  control group) and intended_action (the logging policy's draw; equal to action outside the control group).
 * `truth/stages.parquet`: customer_id, day (date32), stage (latent, incl. lapsed) for every customer-day
   from arrival (the stage at the start of the day).
 * `truth/decisions.parquet`: decision_id, customer_id, ts, stage (latent at the decision), action,
@@ -70,6 +78,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -92,6 +101,7 @@ __all__ = [
     "PolicyInputs",
     "SimConfig",
     "SimSummary",
+    "control_group",
     "format_summary",
     "logging_policy_probabilities",
     "simulate",
@@ -377,6 +387,9 @@ class SimConfig:
             popularity); small values give each customer a few favourite categories.
         chunk_size: customers simulated at once; one events part per chunk. Results depend on it.
         policy: name recorded for the logging policy.
+        control_share: share of customers in the control group (stable per customer id and seed): they
+            get no_send at every decision, and the policy's draw is logged as `intended_action`. 0 (the
+            default) leaves the random stream, and so every output, as without a control group.
     """
 
     n_customers: int = 20_000
@@ -396,6 +409,7 @@ class SimConfig:
     taste_concentration: float = 2.0
     chunk_size: int = 100_000
     policy: str = "sim_logging_v1"
+    control_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.n_customers < 1 or self.n_items < 1 or self.days < 1 or self.chunk_size < 1:
@@ -417,6 +431,8 @@ class SimConfig:
             raise ValueError(
                 "send_rate must be strictly between 0 and 1 so that every action has a propensity"
             )
+        if not 0.0 <= self.control_share < 1.0:
+            raise ValueError("control_share must be within [0, 1): someone has to be sent something")
         dt.date.fromisoformat(self.start)
 
     @property
@@ -637,6 +653,26 @@ def logging_policy_probabilities(inputs: PolicyInputs, send_rate: float) -> np.n
     return probs
 
 
+def control_group(customer_ids: Sequence[str], share: float, seed: int) -> np.ndarray:
+    """Whether each customer is in the control group: stable per id and seed, random across customers.
+
+    sha256 of the salt and the id, read as a number in [0, 1), below `share`: the service's rule
+    (`serving.scoring.in_control_group`) with the salt `sim-control-{seed}`. A hash rather than the run's
+    random stream keeps membership the same whatever the chunking, and leaves that stream untouched.
+
+    Returns:
+        Bool array, one entry per id.
+    """
+    out = np.zeros(len(customer_ids), dtype=bool)
+    if share <= 0:
+        return out
+    salt = f"sim-control-{seed}"
+    for i, c in enumerate(customer_ids):
+        digest = hashlib.sha256(f"{salt}\x00{c}".encode()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64 < share
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Catalogue
 # ----------------------------------------------------------------------------------------------------------
@@ -825,6 +861,8 @@ class _Decisions:
     p_convert: list[np.ndarray] = field(default_factory=list)
     sends_28d: list[np.ndarray] = field(default_factory=list)
     unsubscribed: list[np.ndarray] = field(default_factory=list)
+    control: list[np.ndarray] = field(default_factory=list)
+    intended: list[np.ndarray] = field(default_factory=list)  # the policy's draw (= action outside control)
 
 
 @dataclass
@@ -874,6 +912,12 @@ class _ChunkSim:
         self.decisions = _Decisions()
         self.counts = dict.fromkeys(("sends", "opens", "clicks", "unsubscribes", "purchases"), 0)
         self._init_customers()
+        # Drawn from the ids, not from `rng`: membership does not depend on chunking, and a run without a
+        # control group consumes exactly the random numbers it did before the control group existed.
+        self.control = np.zeros(n, dtype=bool)
+        if cfg.control_share > 0:
+            ids = [f"C{i:0{self.cust_width}d}" for i in range(first + 1, first + n + 1)]
+            self.control = control_group(ids, cfg.control_share, cfg.seed)
 
     # -- customers -------------------------------------------------------------------------------------
 
@@ -1070,6 +1114,14 @@ class _ChunkSim:
         cum[:, -1] = 1.0  # rounding must not leave a gap above the last action
         chosen = (rng.random(len(due))[:, None] >= cum).sum(axis=1)
         propensity = probs[np.arange(len(due)), chosen]
+        intended = chosen
+        control = self.control[due]
+        if cfg.control_share > 0:
+            # The policy drew for everyone; the control group is sent nothing. Logged propensity: the
+            # marginal over the control draw (module docstring), for the control and everyone else alike.
+            share = cfg.control_share
+            chosen = np.where(control, _NO_SEND, intended)
+            propensity = share * (chosen == _NO_SEND) + (1.0 - share) * probs[np.arange(len(due)), chosen]
         s = self.stage[due]
         p_convert = self.tables.p_convert[self.level[due], np.minimum(self.purchases[due], _K_CAP), s]
 
@@ -1097,6 +1149,8 @@ class _ChunkSim:
         d.p_convert.append(p_convert)
         d.sends_28d.append(sends_28d.astype(np.int8))
         d.unsubscribed.append(unsub.astype(np.int8))
+        d.control.append(control.copy())
+        d.intended.append(intended.astype(np.int8))
 
         self.action[due] = chosen
         self.action_until[due] = day + cfg.outcome_days
@@ -1371,7 +1425,8 @@ class _ChunkSim:
         n = self.rows
         if n == 0:
             empty = np.zeros(0, dtype=np.int64)
-            cust = day = seq = stage = action = sends = unsub = empty
+            cust = day = seq = stage = action = sends = unsub = intended = empty
+            control = np.zeros(0, dtype=bool)
             propensity = np.zeros(0)
             p = np.zeros((0, _N_ACTIONS))
         else:
@@ -1379,11 +1434,13 @@ class _ChunkSim:
             stage, action = np.concatenate(d.stage), np.concatenate(d.action)
             propensity, p = np.concatenate(d.propensity), np.concatenate(d.p_convert)
             sends, unsub = np.concatenate(d.sends_28d), np.concatenate(d.unsubscribed)
+            control, intended = np.concatenate(d.control), np.concatenate(d.intended)
         # Rows were made day by day; sort by customer then time like the events.
         order = np.lexsort((day, cust))
         converted = self.converted[:n][order]
         cust, day, seq, stage, action = cust[order], day[order], seq[order], stage[order], action[order]
         propensity, p, sends, unsub = propensity[order], p[order], sends[order], unsub[order]
+        control, intended = control[order], intended[order]
         number = cust.astype(np.int64) + self.first + 1
         ids = _fixed_strings(["D", (number, self.cust_width), "-", (seq, self.dec_width)], n)
         customer = _fixed_strings(["C", (number, self.cust_width)], n)
@@ -1401,6 +1458,8 @@ class _ChunkSim:
                 "action": action_str,
                 "propensity": pa.array(propensity, type=pa.float64()),
                 "policy": pa.array(np.full(n, self.cfg.policy, dtype=object), type=pa.string()),
+                "control": pa.array(control, type=pa.bool_()),
+                "intended_action": _dictionary(intended, pa.array(ACTIONS), pa.int8()).cast(pa.string()),
             }
         )
         truth = {

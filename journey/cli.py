@@ -38,13 +38,26 @@ def simulate(
     items: Annotated[int, typer.Option(help="Catalogue size.")] = 5_000,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same shop.")] = 0,
     start: Annotated[str, typer.Option(help="First simulated day (ISO date).")] = "2026-01-05",
+    control_share: Annotated[
+        float, typer.Option(help="Share of customers in the control group (always no_send).")
+    ] = 0.0,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
     """Simulate a shop: events, catalogue, decision log and the ground truth."""
     from features.simulate import SimConfig, format_summary
     from features.simulate import simulate as run
 
-    config = SimConfig(n_customers=customers, days=days, n_items=items, seed=seed, start=start)
+    try:
+        config = SimConfig(
+            n_customers=customers,
+            days=days,
+            n_items=items,
+            seed=seed,
+            start=start,
+            control_share=control_share,
+        )
+    except ValueError as err:
+        raise _fail(str(err)) from err
     summary = run(config, out, progress=progress)
     typer.echo(format_summary(summary))
 
@@ -379,6 +392,92 @@ def demo(
     from journey.demo import run_demo
 
     run_demo(out, customers=customers, seed=seed, echo=typer.echo)
+
+
+@app.command()
+def report(
+    decisions: Annotated[
+        Path,
+        typer.Option(help="Decision log: `journey decisions export` output, or a simulated shop (folder)."),
+    ],
+    out: Annotated[Path, typer.Option(help="Folder for campaign_report.html, its plots and CSVs.")],
+    events: Annotated[
+        Path | None, typer.Option(help="Events to derive the outcomes from (a shop's events/ by default).")
+    ] = None,
+    window_days: Annotated[
+        float | None,
+        typer.Option(help="A purchase within this many days converts [7; a shop's own outcome_days]."),
+    ] = None,
+    n_boot: Annotated[int, typer.Option(help="Bootstrap resamples of customers.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Random seed of the resamples.")] = 0,
+    mlflow_: Annotated[
+        bool, typer.Option("--mlflow/--no-mlflow", help="Log the report to MLflow (journey-campaigns).")
+    ] = True,
+) -> None:
+    """Campaign results per action, stage and week, and the lift against the control group."""
+    from training.campaign import (
+        campaign_results,
+        format_headline,
+        load_decision_log,
+        log_report,
+        write_report,
+    )
+
+    try:
+        log = load_decision_log(decisions, events, window_days=window_days)
+        results = campaign_results(log, n_boot=n_boot, seed=seed)
+    except ValueError as err:
+        raise _fail(str(err)) from err
+    window = log.attrs.get("window_days")
+    notes = (
+        [] if window is None else [f"Outcomes from the events: a purchase within {window:g} days converts."]
+    )
+    if log.attrs.get("stage_source") != "log":
+        notes.append(f"Stage: {log.attrs.get('stage_source')} (the decision log has no stage of its own).")
+    files = write_report(results, out, notes=notes)
+    typer.echo(format_headline(results))
+    typer.echo(f"report       {files.html}")
+    if mlflow_:
+        run_id = log_report(out, params={"decisions": str(decisions), "window_days": window})
+        typer.echo(f"mlflow       run {run_id} (experiment journey-campaigns)")
+
+
+@app.command("map")
+def map_(
+    features: Annotated[Path, typer.Option(help="Features build: its customers at every cutoff.")],
+    out: Annotated[Path, typer.Option(help="Folder for journey_map.html, its PNGs and CSVs.")],
+    model: Annotated[str, typer.Option(help="Registered version or alias of journey-scorer.")] = "champion",
+    events: Annotated[
+        Path | None, typer.Option(help="Events for the touchpoints (default: the build's input).")
+    ] = None,
+    segments: Annotated[
+        str,
+        typer.Option(
+            help="acquisition_channel, value_tier, none, or a CSV/Parquet file of customer_id,segment."
+        ),
+    ] = "acquisition_channel",
+    max_customers: Annotated[
+        int | None, typer.Option(help="Map a seeded sample of this many customers (default: all).")
+    ] = None,
+    k: Annotated[int, typer.Option(help="Steps (cutoffs) within which a stage should reach the next.")] = 4,
+) -> None:
+    """Journey map: stage mix over time, flows, touchpoints and friction, whole base and per segment."""
+    from training.journey_map import registered_journey_map
+
+    try:
+        journey, paths = registered_journey_map(
+            features,
+            model,
+            out,
+            events=events,
+            segments=None if segments == "none" else segments,
+            max_customers=max_customers,
+            k=k,
+        )
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from err
+    typer.echo("\n".join(journey.headlines))
+    typer.echo(f"journey map  {paths.html}")
 
 
 if __name__ == "__main__":  # pragma: no cover

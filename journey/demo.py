@@ -10,6 +10,8 @@ import mlflow
 
 from features.build import BuildConfig, build_features, format_manifest, load_rows
 from features.simulate import SimConfig, format_summary, simulate
+from training.campaign import campaign_results, format_headline, load_decision_log, log_report, write_report
+from training.journey_map import fetch_journey_map
 from training.registry import tracking_uri
 from training.train import TrainConfig, comparison_markdown, promote, train
 
@@ -39,11 +41,12 @@ def run_demo(
     """Simulates a shop, builds features, trains, evaluates, registers and promotes, printing each step."""
     shop = out / "shop"
     features = out / "features"
-    echo(f"== 1/4 simulating a shop of {customers:,} customers -> {shop}")
-    summary = simulate(SimConfig(n_customers=customers, seed=seed), shop)
+    echo(f"== 1/5 simulating a shop of {customers:,} customers -> {shop}")
+    # A stable 5 % control group in the shop's logging policy, so the campaign report can measure lift.
+    summary = simulate(SimConfig(n_customers=customers, seed=seed, control_share=0.05), shop)
     echo(format_summary(summary))
 
-    echo(f"\n== 2/4 building features -> {features}")
+    echo(f"\n== 2/5 building features -> {features}")
     manifest = build_features(shop / "events", features, BuildConfig(), decisions=shop / "decisions.parquet")
     echo(format_manifest(manifest))
 
@@ -58,7 +61,7 @@ def run_demo(
     )
     echo(f"Features in {features}/rows, manifest in {features}/manifest.json.")
 
-    echo("\n== 3/4 training the sequence model and the baselines (MLflow run, registered as journey-scorer)")
+    echo("\n== 3/5 training the sequence model and the baselines (MLflow run, registered as journey-scorer)")
     config = TrainConfig(
         features=str(features),
         shop=str(shop),
@@ -68,12 +71,26 @@ def run_demo(
     result = train(config)
     echo(comparison_markdown(result.results, DEMO_METRICS))
     echo(f"registered journey-scorer version {result.version} (alias challenger), run {result.run_id}")
+    if result.run_id is None:
+        raise RuntimeError("the training run has no id: nothing was logged to MLflow")
+    page = fetch_journey_map(result.run_id, out)
+    echo(f"journey map (stage mix, flows, touchpoints, friction; logged with the run): {page}")
 
     echo(
-        "\n== 4/4 promoting: the gate compares the candidate with the current champion on the same test data"
+        "\n== 4/5 promoting: the gate compares the candidate with the current champion on the same test data"
     )
     decision = promote(features, str(result.version))
     echo(decision.summary())
+
+    echo("\n== 5/5 campaign results of the shop's decision log: rates and lift against the control group")
+    log = load_decision_log(shop)
+    results = campaign_results(log, n_boot=300, seed=seed)
+    files = write_report(
+        results, out / "campaign", notes=["Outcomes from the shop's events (its outcome window)."]
+    )
+    log_report(out / "campaign", params={"decisions": str(shop)})
+    echo(format_headline(results))
+    echo(f"campaign report: {files.html}")
     experiment = mlflow.get_experiment_by_name(config.experiment)
     echo(
         "\nOpen the MLflow UI on the project's store:\n"

@@ -209,13 +209,18 @@ def test_signups_come_first_and_consent_follows(events: pd.DataFrame) -> None:
 
 def test_decision_log_matches_email_events(sim_dir: Path, events: pd.DataFrame, truth: pd.DataFrame) -> None:
     log = pq.read_table(sim_dir / "decisions.parquet")
-    assert log.column_names == ["decision_id", "customer_id", "ts", "action", "propensity", "policy"]
+    assert log.column_names == [
+        "decision_id", "customer_id", "ts", "action", "propensity", "policy", "control", "intended_action",
+    ]  # fmt: skip
     assert log.schema.field("ts").type == schema.TS_TYPE
     assert log.schema.field("propensity").type == pa.float64()
     decisions = log.to_pandas()
     assert decisions["decision_id"].is_unique
     assert set(decisions["action"]) <= set(ACTIONS)
     assert (decisions["policy"] == CONFIG.policy).all()
+    # No control group by default: nobody held out, the intended action is the one taken.
+    assert not decisions["control"].any()
+    assert (decisions["intended_action"] == decisions["action"]).all()
     assert decisions["decision_id"].tolist() == truth["decision_id"].tolist()
     sent = events[events["event_type"] == "email_sent"].set_index("campaign_id")
     sends = decisions[decisions["action"] != "no_send"].set_index("decision_id")

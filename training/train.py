@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,6 +43,10 @@ from training.sequence import FitConfig, SequenceScorer, model_config_for
 
 log = logging.getLogger(__name__)
 
+JOURNEY_MAP_SETTINGS = frozenset(
+    {"enabled", "max_customers", "segments", "k", "window_days", "max_segments", "seed"}
+)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -57,6 +62,10 @@ class TrainConfig:
         ks: recommendation cut-offs.
         n_boot: bootstrap resamples for the intervals.
         register: log and register the model.
+        journey_map: the journey map logged with the run (`training.journey_map.build_journey_map`
+            options): `enabled` (true), `max_customers` (5,000: larger builds are mapped on a seeded
+            sample, as scoring every cutoff of 20,000 customers takes minutes on two cores),
+            `segments` (acquisition_channel), `k`, `window_days`, `max_segments`, `seed`.
     """
 
     features: str = "demo_output/features"
@@ -68,6 +77,16 @@ class TrainConfig:
     ks: tuple[int, ...] = (5, 10, 20, 50)
     n_boot: int = 200
     register: bool = True
+    journey_map: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Checked here, not after an hour of training.
+        unknown = sorted(set(self.journey_map) - JOURNEY_MAP_SETTINGS)
+        if unknown:
+            raise ValueError(
+                f"unknown journey_map setting(s): {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(JOURNEY_MAP_SETTINGS))}"
+            )
 
     @classmethod
     def load(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -214,6 +233,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     for filename, figure in evaluation_figures(results).items():
         mlflow.log_figure(figure, f"plots/{filename}")
+    if config.journey_map.get("enabled", True):
+        _log_journey_map(sequence, build, config.journey_map)
     version = None
     if config.register:
         example = _example_events(build)
@@ -224,6 +245,26 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     if distributed:
         dist.destroy_process_group()
     return TrainResult(run_id, version, results, seconds)
+
+
+def _log_journey_map(scorer: SequenceScorer, build: FeatureBuild, settings: dict[str, Any]) -> None:
+    """Logs the journey map of the model just fitted, on its own build, to the active run.
+
+    A reviewer then sees beside the metrics where the new model puts customers and where they stall
+    (artifact `journey_map/journey_map.html`, tag `journey_map`). The cost is scoring every cutoff of the
+    mapped customers once, so a large build is mapped on a seeded sample of them (the page says so).
+    """
+    from training.journey_map import build_journey_map, log_journey_map
+
+    options: dict[str, Any] = {"max_customers": 5_000, "segments": "acquisition_channel", **settings}
+    options.pop("enabled", None)
+    run = mlflow.active_run()
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="journey-map-") as tmp:
+        model = f"sequence model of run {run.info.run_id}" if run else "sequence model"
+        _, paths = build_journey_map(build.path, scorer, Path(tmp), model=model, **options)
+        log_journey_map(paths)
+    mlflow.log_metric("journey_map/seconds", time.perf_counter() - started)
 
 
 def _log_dataset(build: FeatureBuild) -> None:
