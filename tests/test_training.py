@@ -53,7 +53,7 @@ def build(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureBuild:
 @pytest.fixture(scope="module")
 def scorer(build: FeatureBuild) -> SequenceScorer:
     config = model_config_for(build, d_model=32, n_layers=1, dropout=0.0)
-    fit = FitConfig(max_epochs=6, patience=6, batch_size=256, lr=3e-3, seed=0)
+    fit = FitConfig(max_epochs=10, patience=10, batch_size=256, lr=3e-3, seed=0)
     return SequenceScorer(config, fit, progress=False).fit(build.split("train"), build.split("valid"))
 
 
@@ -301,7 +301,7 @@ def test_shipped_train_config_loads_and_names_unknown_keys(tmp_path: Path) -> No
     shipped = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
     config = TrainConfig.load(shipped, {"fit.max_epochs": 2})
     assert config.fit_config().max_epochs == 2
-    assert config.model["encoder"] == "transformer"
+    assert config.model["encoder"] == "gru"
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 3\n")
     with pytest.raises(ValueError, match="epochs"):

@@ -45,7 +45,7 @@ class ModelConfig:
     n_aggregates: int = 0
     max_len: int = 50
     targets: tuple[str, ...] = DEFAULT_TARGETS
-    encoder: Literal["transformer", "gru"] = "transformer"
+    encoder: Literal["transformer", "gru"] = "gru"
     d_model: int = 64
     n_layers: int = 2
     n_heads: int = 4
