@@ -53,6 +53,7 @@ from features.build import BuildConfig, build_features, load_rows  # noqa: E402
 from features.ingest import EVENTS_FILE, format_summary, ingest  # noqa: E402
 from features.vocab import FIRST, OOV  # noqa: E402
 from training.evaluate import EvaluationResult, compare, markdown_table, results_table  # noqa: E402
+from training.model import ModelConfig  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 
 log = logging.getLogger("benchmarks.online_retail")
@@ -584,7 +585,8 @@ def markdown(bench: BenchmarkResult, notes: Sequence[str] = ()) -> str:
         *split_rows,
         "",
         f"Training (`training.train.train`, one MLflow run, not registered; code {code}): sequence "
-        f"model max_epochs {fit['max_epochs']}, patience {fit['patience']}, {rows_text}{ran}"
+        f"model ({(s.model or {}).get('encoder', ModelConfig().encoder)} encoder) max_epochs "
+        f"{fit['max_epochs']}, patience {fit['patience']}, {rows_text}{ran}"
         + (f", model {s.model}" if s.model else "")
         + (f"; baselines {s.baselines}" if s.baselines else "")
         + f". Intervals: 95 % percentile bootstrap over test rows ({s.n_boot} resamples, the same for every "

@@ -71,6 +71,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.work / 'mlflow' / 'mlflow.db'}")
     from features.build import BuildConfig, build_features
     from features.simulate import SimConfig, simulate
+    from training.model import ModelConfig
     from training.train import TrainConfig, train
 
     shop, features = args.work / "shop", args.work / "features"
@@ -113,7 +114,8 @@ def main() -> None:
         f"Written by `{' '.join(['.venv/bin/python', 'benchmarks/simulated.py', *sys.argv[1:]])}` on "
         f"{dt.date.today().isoformat()}: {args.customers:,} simulated customers (seed {args.seed}), "
         f"{manifest['input']['n_events']:,} events; rows train {manifest['rows']['train']:,}, "
-        f"valid {manifest['rows']['valid']:,}, test {manifest['rows']['test']:,}. One `journey train` run: "
+        f"valid {manifest['rows']['valid']:,}, test {manifest['rows']['test']:,}. One `journey train` run "
+        f"(sequence model with the {ModelConfig().encoder} encoder): "
         "the sequence model and every baseline fitted on one training window and scored by the same code "
         "on the test window. `stage_true` compares with the simulator's latent stage (lapsed -> at_risk); "
         "`true_value` is the exact value of a policy from the simulator's counterfactual conversion "
