@@ -883,9 +883,15 @@ def headlines(journey: JourneyMap, min_customers: int = 20) -> list[str]:
     if AT_RISK in f.index:
         row = f.loc[AT_RISK, ["advance", "advance_k", "exit"]].astype(float)
         won, won_k, left = (float(v) for v in row.to_numpy())
+        # Shares over customer-steps that have k cutoffs ahead: none when the data is shorter than k steps.
+        within = (
+            f", {won_k:.0%} within {k} steps"
+            if np.isfinite(won_k)
+            else f" (too few cutoffs to look {k} ahead)"
+        )
         lines.append(
-            f"{won:.0%} of at_risk customers are won back into the funnel a step later, {won_k:.0%} within "
-            f"{k} steps; {left:.0%} leave the active base."
+            f"{won:.0%} of at_risk customers are won back into the funnel a step later{within}; "
+            f"{left:.0%} leave the active base."
         )
     return lines
 
