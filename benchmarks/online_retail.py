@@ -520,12 +520,15 @@ TRIED: tuple[str, ...] = (
     "What was tried (exploratory runs of the sequence model alone on the default split, no intervals): "
     "more epochs help the recommendations: with an earlier model (before the wide path and the item-loss "
     "weight of commits 26ad51c and 1b6303c) 4 -> 10 epochs moved NDCG@10 from 0.235 to 0.263 and repeat "
-    "Recall@10 from 0.343 to 0.414; the current model above reaches 0.285 and 0.471 in 9 epochs, still "
-    "short of own_history (0.298, 0.482). A longer window does not favour the model: own_history over the "
+    "Recall@10 from 0.343 to 0.414; the transformer model of commit 268464c reached 0.285 and 0.471 in 9 "
+    "epochs, still short of own_history (0.298, 0.482); the GRU of the table above is no closer. "
+    "A longer window does not favour the model: own_history over the "
     "last 200 events instead of 50 reaches NDCG@10 0.310. On explore items the model, like own_history, "
     "recommends almost only the customer's own items, where popularity and item_knn find some new ones. "
-    "Not tried here (training/ is not this benchmark's to change): a per-customer mix of the repeat head "
-    "and a popularity / co-occurrence explore head, or the own-history score as an input of the item head.",
+    "On the simulated shop, initialising the repeat head like own_history made the recommendations worse and "
+    "doubling its scale changed little (`benchmarks/repeat_ablation.py`). Not tried yet: a per-customer mix "
+    "of the repeat head and a popularity / co-occurrence explore head, or the own-history score over the "
+    "whole history as an input of the item head.",
 )
 
 
