@@ -85,6 +85,7 @@ class JourneyModel(nn.Module):
 
     agg_scale: Tensor
     repeat_mask: Tensor
+    not_an_item: Tensor
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
@@ -139,6 +140,9 @@ class JourneyModel(nn.Module):
         for e in _REPEAT_EVENTS:
             repeat_mask[EVENT_TYPES.index(e) + FIRST] = True
         self.register_buffer("repeat_mask", repeat_mask, persistent=False)
+        not_an_item = torch.zeros(config.n_items, dtype=torch.bool)
+        not_an_item[:FIRST] = True
+        self.register_buffer("not_an_item", not_an_item, persistent=False)
         # Aggregates arrive in raw units (days, counts, money): a log transform keeps them comparable.
         self.register_buffer("agg_scale", torch.ones(config.n_aggregates))
 
@@ -163,11 +167,12 @@ class JourneyModel(nn.Module):
         state = self.norm_out(out[:, -1] + self.wide(agg))  # (B, d): the summary token's output
 
         item_emb = self.embed["item_id"].weight  # (n_items, d)
-        items = self.item_query(state) @ item_emb.T + self.item_bias  # (B, n_items)
+        # The bias carries -inf for padding and out-of-vocabulary: never recommended, at no extra pass
+        # over the (B, n_items) scores (with a 100,000-item catalogue every such pass shows in latency).
+        bias = self.item_bias.masked_fill(self.not_an_item, float("-inf"))
+        items = torch.addmm(bias, self.item_query(state), item_emb.T)  # (B, n_items)
         if self.config.repeat:
-            items = items + self._repeat_scores(tokens, state)
-        items = items.clone()
-        items[:, :FIRST] = float("-inf")  # never recommend padding or out-of-vocabulary
+            self._add_repeat_scores(items, tokens, state)
         return ModelOutput(
             stage=self.stage_head(state),
             propensity=self.propensity_head(state),
@@ -175,17 +180,26 @@ class JourneyModel(nn.Module):
             action=self.action_head(state),
         )
 
-    def _repeat_scores(self, tokens: dict[str, Tensor], state: Tensor) -> Tensor:
-        """(B, n_items): learned score of each item the customer touched, by event type and recency."""
+    def _add_repeat_scores(self, items: Tensor, tokens: dict[str, Tensor], state: Tensor) -> None:
+        """Adds to `items` (in place) the learned score of each item the customer touched.
+
+        score(item) = gate(state) * repeat_scale * log1p(sum of the weights of its events), the weight of an
+        event depending on its type and recency. Computed over the (B, L) history, not the (B, n_items)
+        catalogue: an item's total is summed over the positions holding it and added once, at its first
+        position, so the cost does not grow with the catalogue.
+        """
         event_type, item = tokens["event_type"], tokens["item_id"]
         L = event_type.shape[1]
         recency = torch.arange(L, device=item.device).flip(0)  # 0 = most recent position
         w = self.repeat_weight[event_type, recency.unsqueeze(0).expand_as(event_type)]  # (B, L)
         w = torch.where(self.repeat_mask[event_type] & (item >= FIRST), torch.nn.functional.softplus(w), 0.0)
-        scores = torch.zeros(item.shape[0], self.config.n_items, device=item.device, dtype=w.dtype)
-        scores.scatter_add_(1, item, w)
-        # The gate (a function of the customer's state) says how much this customer repeats.
-        return torch.sigmoid(self.repeat_gate(state)) * self.config.repeat_scale * torch.log1p(scores)
+        same = item.unsqueeze(2) == item.unsqueeze(1)  # (B, L, L): positions holding the same item
+        total = (same * w.unsqueeze(1)).sum(dim=2)  # (B, L): the item's summed weight, at each position
+        earlier = torch.ones(L, L, dtype=torch.bool, device=item.device).tril(diagonal=-1)
+        first = ~(same & earlier).any(dim=2)  # the item's first position in the row
+        gate = torch.sigmoid(self.repeat_gate(state)) * self.config.repeat_scale  # (B, 1)
+        value = torch.where(first, gate * torch.log1p(total), 0.0)
+        items.scatter_add_(1, item, value.to(items.dtype))
 
 
 @dataclass
