@@ -423,15 +423,26 @@ def _sent_event(decision: Decision) -> dict[str, Any]:
 
 def _events_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
     """Records (already in output order) as a frame with exactly EVENT_COLUMNS and their dtypes."""
+    return _events_frame_of_columns({name: [r[name] for r in records] for name in EVENT_COLUMNS})
+
+
+def _events_frame_of_columns(columns: dict[str, Sequence[Any]]) -> pd.DataFrame:
+    """Column values (EVENT_COLUMNS, ts in epoch microseconds, None for missing) as the events frame.
+
+    Plain arrays rather than Series: the frame then has nothing to align, which matters on the scoring
+    path (one customer's events per request).
+    """
     data: dict[str, Any] = {}
     for name in EVENT_COLUMNS:
-        values = [r[name] for r in records]
+        values = columns[name]
         if name == "ts":
             data[name] = pd.to_datetime(np.asarray(values, dtype=np.int64), unit="us", utc=True)
         elif name in NUMBER_COLUMNS:
             data[name] = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
         else:
-            data[name] = pd.Series(values, dtype=object)
+            strings = np.empty(len(values), dtype=object)
+            strings[:] = values
+            data[name] = strings
     return pd.DataFrame(data, columns=list(EVENT_COLUMNS))
 
 
@@ -722,7 +733,8 @@ class SQLiteStore(Store):
             "ORDER BY customer_id, ts_us, rowid",
             ids,
         )
-        return _events_frame([dict(zip(EVENT_COLUMNS, row, strict=True)) for row in rows])
+        columns = zip(*rows, strict=True) if rows else ([] for _ in EVENT_COLUMNS)
+        return _events_frame_of_columns(dict(zip(EVENT_COLUMNS, columns, strict=True)))
 
     def send_state(self, customer_ids: Sequence[str], now: datetime) -> dict[str, SendState]:
         now_us = to_us(now)

@@ -166,7 +166,7 @@ class JourneyModel(nn.Module):
             out = self.encoder(h, src_key_padding_mask=pad)
         state = self.norm_out(out[:, -1] + self.wide(agg))  # (B, d): the summary token's output
 
-        item_emb = self.embed["item_id"].weight  # (n_items, d)
+        item_emb: Tensor = self.embed["item_id"].weight  # type: ignore[assignment]  # (n_items, d)
         # The bias carries -inf for padding and out-of-vocabulary: never recommended, at no extra pass
         # over the (B, n_items) scores (with a 100,000-item catalogue every such pass shows in latency).
         bias = self.item_bias.masked_fill(self.not_an_item, float("-inf"))
