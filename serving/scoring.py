@@ -241,6 +241,7 @@ class Choice:
     control: np.ndarray  # (n,) bool
     explored: np.ndarray  # (n,) bool: the draw differs from the greedy action
     greedy: np.ndarray  # (n,) index of the greedy action
+    drawn: np.ndarray  # (n,) the policy's draw before the control group (the intended action)
 
 
 def policy_probabilities(uplift: np.ndarray, allowed: np.ndarray, settings: ServeSettings) -> np.ndarray:
@@ -279,7 +280,7 @@ def choose(
     action = np.where(control, NO_SEND, drawn)
     share = settings.control_share
     propensity = share * (action == NO_SEND) + (1 - share) * pi[np.arange(n), action]
-    return Choice(action, propensity, control, (~control) & (action != greedy), greedy)
+    return Choice(action, propensity, control, (~control) & (action != greedy), greedy, drawn)
 
 
 def blocked_matrix(

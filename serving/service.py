@@ -234,6 +234,9 @@ class Service:
         stage_p = pred.stage_proba[i]
         stage = STAGES[int(stage_p.argmax())]
         action = ACTIONS[int(choice.action[i])]
+        # What the policy drew for this customer, before a control-group override (the campaign report
+        # compares each action's recipients with the control customers it would have gone to).
+        intended = ACTIONS[int(choice.drawn[i])]
         propensity = float(choice.propensity[i])
         control, explored = bool(choice.control[i]), bool(choice.explored[i])
         blocked = {ACTIONS[j]: str(blocked_by[j]) for j in range(len(ACTIONS))}
@@ -259,6 +262,7 @@ class Service:
                 stage,
                 float(uplift[ACTIONS.index(action)]),
                 recommendations,
+                intended,
             )
             if not committed:
                 # Another request (maybe on another replica) used the customer's last send of the period
@@ -279,6 +283,7 @@ class Service:
                     stage,
                     0.0,
                     recommendations,
+                    action,
                 )
             decision_id = decision.decision_id
             if self.decisions_counter is not None:
@@ -335,6 +340,7 @@ class Service:
         stage: str,
         uplift: float,
         recommendations: list[dict[str, Any]],
+        intended: str,
     ) -> tuple[Decision, bool]:
         decision = make_decision(
             customer_id=customer_id,
@@ -346,7 +352,7 @@ class Service:
             control=control,
             stage=stage,
             uplift=uplift,
-            detail={"items": [r["item_id"] for r in recommendations]},
+            detail={"items": [r["item_id"] for r in recommendations], "intended": intended},
         )
         rules = self.settings.rules
         ok = self.store.commit_decision(decision, rules.max_emails_7d, rules.max_emails_28d)

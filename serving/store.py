@@ -78,6 +78,7 @@ EXPORT_COLUMNS: tuple[str, ...] = (
     "control",
     "stage",
     "expected_uplift",
+    "intended_action",
     *OUTCOME_KINDS,
     "revenue",
 )
@@ -511,6 +512,13 @@ def _decision_from_record(record: dict[str, Any]) -> Decision:
     )
 
 
+def _intended(record: dict[str, Any]) -> str:
+    detail = record.get("detail") or {}
+    if isinstance(detail, str):
+        detail = json.loads(detail)
+    return str(detail.get("intended", record["action"]))
+
+
 def _export_frame(rows: list[tuple[dict[str, Any], dict[str, float | None]]]) -> pd.DataFrame:
     """Decision records with their outcomes (kind -> revenue or None) as the export frame."""
     data: dict[str, Any] = {
@@ -526,6 +534,10 @@ def _export_frame(rows: list[tuple[dict[str, Any], dict[str, float | None]]]) ->
         "control": np.asarray([bool(r["control"]) for r, _ in rows], dtype=bool),
         "stage": pd.Series([r["stage"] for r, _ in rows], dtype=object),
         "expected_uplift": np.asarray([r["expected_uplift"] for r, _ in rows], dtype=np.float64),
+        # What the policy drew before the control group overrode it (the action itself outside the group):
+        # the campaign report compares each action's recipients with the control customers it would have
+        # gone to.
+        "intended_action": pd.Series([_intended(r) for r, _ in rows], dtype=object),
     }
     for kind in OUTCOME_KINDS:
         data[kind] = np.asarray([kind in o for _, o in rows], dtype=bool)

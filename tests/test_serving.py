@@ -463,6 +463,8 @@ def test_decisions_export_in_the_form_the_feature_job_reads(
     assert sorted(frame["decision_id"]) == sorted(a["next_best_action"]["decision_id"] for a in answers)
     assert frame.set_index("decision_id").loc[first, "opened"]
     assert not frame.set_index("decision_id").drop(index=first)["opened"].any()
+    treated = frame[~frame["control"]]
+    assert (treated["intended_action"] == treated["action"]).all()
     by_id = {a["next_best_action"]["decision_id"]: a["next_best_action"] for a in answers}
     for row in frame.itertuples():
         assert row.action == by_id[row.decision_id]["action"]
@@ -473,3 +475,34 @@ def test_decisions_export_in_the_form_the_feature_job_reads(
 def test_shipped_serve_config_is_the_defaults() -> None:
     shipped = ServeSettings.load(Path(__file__).parents[1] / "configs" / "serve.yaml", environ={})
     assert shipped == ServeSettings()
+
+
+def test_control_customers_get_no_send_and_keep_the_intended_action(
+    tmp_path: Path,
+    manager: ModelManager,
+    served: Served,  # noqa: F811
+) -> None:
+    with make_client(tmp_path, manager, control_share=0.99, min_uplift=-1.0) as client:
+        customers = active_customers(served, 4)
+        for c in customers:
+            post_history(client, served, c)
+            signup = {"customer_id": c, "ts": (LATER - pd.Timedelta(days=1)).isoformat()}
+            client.post(
+                "/v1/events",
+                headers=HEADERS,
+                json={"events": [{**signup, "event_type": "newsletter_signup"}]},
+            )
+        answers = [score(client, c, now=LATER) for c in customers]
+        store = open_store(f"sqlite:///{tmp_path / 'online.db'}")
+        frame = store.export_decisions().set_index("decision_id")
+        store.close()
+    in_control = [a for a in answers if a["next_best_action"]["control_group"]]
+    assert in_control  # 99 %: all but a very unlucky draw
+    for a in in_control:
+        nba = a["next_best_action"]
+        assert nba["action"] == "no_send"
+        # The logged propensity is the marginal: control share + the rest times the policy's no_send share.
+        assert 0.99 <= nba["propensity"] <= 1.0
+        row = frame.loc[nba["decision_id"]]
+        assert row["control"]
+        assert row["intended_action"] != "no_send"  # min_uplift -1: the policy would have sent an e-mail
