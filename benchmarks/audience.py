@@ -1,0 +1,145 @@
+"""Audience export throughput: `journey score-audience`'s code (`serving.audience.score_audience`) over a
+shop's customers with the registered champion, decisions recorded in a scratch SQLite store.
+
+    .venv/bin/python benchmarks/audience.py --events demo_output/shop/events --now 2026-07-01 \
+        --repeats 3 --markdown BENCHMARKS.md
+
+Reports the median customers/s over the repeats (each a fresh store), beside the target of DESIGN.md
+(at least 5,000 customers/s on 2 cores), and where the time goes (one profiled pass).
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import datetime as dt
+import io
+import json
+import os
+import pstats
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGET = 5_000.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=Path, default=ROOT / "demo_output" / "shop" / "events")
+    parser.add_argument("--now", default="2026-07-01T00:00:00Z")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=5_000)
+    parser.add_argument("--markdown", type=Path, default=None)
+    args = parser.parse_args()
+
+    import pandas as pd
+    import torch
+
+    from serving.audience import score_audience
+    from serving.model import ModelManager
+    from serving.service import Service
+    from serving.settings import ServeSettings
+    from serving.store import open_store
+    from training.registry import configure
+
+    configure()
+    manager = ModelManager("journey-scorer", "champion")
+    result = manager.reload()
+    if result["error"] or manager.current is None:
+        raise SystemExit(f"no champion to score with: {result['error']} (run make demo first)")
+    model = manager.current
+    now = pd.Timestamp(args.now).to_pydatetime()
+    runs = []
+    for i in range(args.repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = open_store(f"sqlite:///{tmp}/online.db")
+            service = Service(ServeSettings(api_keys=("bench",), seed=i), store, manager)
+            summary = score_audience(
+                service, args.events, Path(tmp) / "audience.parquet", now=now, chunk=args.chunk
+            )
+            store.close()
+        runs.append(
+            {
+                "customers": summary.customers,
+                "seconds": round(summary.seconds, 2),
+                "customers_per_second": round(summary.customers_per_second, 1),
+            }
+        )
+        print(
+            f"run {i + 1}: {summary.customers:,} customers in {summary.seconds:.1f} s "
+            f"({summary.customers_per_second:,.0f}/s)",
+            flush=True,
+        )
+
+    # Where the time goes: one more pass, profiled.
+    with tempfile.TemporaryDirectory() as tmp:
+        store = open_store(f"sqlite:///{tmp}/online.db")
+        service = Service(ServeSettings(api_keys=("bench",), seed=0), store, manager)
+        profile = cProfile.Profile()
+        profile.enable()
+        score_audience(service, args.events, Path(tmp) / "a.parquet", now=now, chunk=args.chunk)
+        profile.disable()
+        store.close()
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("cumulative")
+    steps = {
+        "model (SequenceScorer.predict)": "sequence.py",
+        "encoder (features.encoder.encode)": "encoder.py",
+        "decisions written (store.commit_decision)": "commit_decision",
+        "answers built (Service._answer)": "_answer",
+        "rules and policy (blocked_matrix, choose)": "blocked_matrix",
+    }
+    total = max(v[3] for v in stats.stats.values())  # type: ignore[attr-defined]
+    shares = {}
+    for label, needle in steps.items():
+        times = [v[3] for k, v in stats.stats.items() if needle in f"{k[0]}:{k[2]}"]  # type: ignore[attr-defined]
+        shares[label] = max(times) / total if times else 0.0
+
+    median = statistics.median(r["customers_per_second"] for r in runs)
+    verdict = "met" if median >= TARGET else "**NOT met**"
+    lines = [
+        "## Audience export (`journey score-audience`)",
+        "",
+        f"Written by `.venv/bin/python benchmarks/audience.py {' '.join(sys.argv[1:])}` on "
+        f"{dt.date.today().isoformat()} ({os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} intra-op threads): `serving.audience.score_audience`, the code behind "
+        f"`journey score-audience`, over every customer of `{args.events}` at {args.now}, with "
+        f"`journey-scorer@champion` version {model.version} ({model.scorer.model_config.encoder} encoder, "
+        f"{model.catalogue_size:,}-item catalogue), decisions recorded in a scratch SQLite store, "
+        f"{args.chunk:,} customers per vectorised pass, {args.repeats} repeats.",
+        "",
+        "| run | customers | seconds | customers/s |",
+        "|---|---:|---:|---:|",
+        *(
+            f"| {i + 1} | {r['customers']:,} | {r['seconds']:.1f} | {r['customers_per_second']:,.0f} |"
+            for i, r in enumerate(runs)
+        ),
+        "",
+        f"Median {median:,.0f} customers/s against the target of {TARGET:,.0f}: {verdict}. Share of one "
+        "profiled pass (cumulative, steps overlap): "
+        + ", ".join(f"{k} {v:.0%}" for k, v in shares.items())
+        + ".",
+    ]
+    section = "\n".join(lines)
+    print(section)
+    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
+    (ROOT / "benchmarks" / "results" / "audience.json").write_text(
+        json.dumps({"runs": runs, "median": median, "shares": shares}, indent=2) + "\n"
+    )
+    if args.markdown:
+        from benchmarks.sections import update_section
+
+        start, end = "<!-- audience:start -->", "<!-- audience:end -->"
+        update_section(args.markdown, f"{start}\n{section}\n{end}", start, end)
+
+
+if __name__ == "__main__":
+    main()
