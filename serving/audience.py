@@ -125,8 +125,7 @@ def score_audience(
     writer: pq.ParquetWriter | None = None
     for ids, events in customer_chunks(events_path, chunk, segment):
         requests = [CustomerRequest(c, events.iloc[:0], now, None, n_items) for c in ids]
-        answers = service.score(requests, record=record, extra_events=events, explain=False)
-        frame = audience_frame(answers)
+        frame = service.score_table(requests, extra_events=events, n_items=n_items, record=record)
         for action, count in frame["action"].value_counts().items():
             actions[str(action)] = actions.get(str(action), 0) + int(count)
         if out.suffix == ".parquet":

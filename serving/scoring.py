@@ -49,6 +49,7 @@ class Scored:
     now: list[datetime]
     batch: EncodedBatch
     pred: Predictions
+    digests: list[str] | None = None  # inputs_digests(batch), where decisions are recorded
 
     def aggregates(self, i: int) -> dict[str, float]:
         return {name: float(self.batch.aggregates[name][i]) for name in AGGREGATE_NAMES}
@@ -175,15 +176,32 @@ def score_customers(
     return Scored(np.asarray(customer_ids, dtype=object), list(now), batch, model.scorer.predict(data, k=k))
 
 
+def inputs_digests(batch: EncodedBatch) -> list[str]:
+    """sha256 of each row's model inputs (tokens and aggregates): what its decision was made on."""
+    offsets = batch.offsets  # computed once: per row it would make the batch quadratic
+    names = sorted(batch.values)
+    values = {name: np.ascontiguousarray(batch.values[name]) for name in names}
+    aggregates = np.column_stack([np.asarray(batch.aggregates[a], dtype=np.float64) for a in AGGREGATE_NAMES])
+    out = []
+    for i in range(len(batch)):
+        h = hashlib.sha256()
+        lo, hi = offsets[i], offsets[i + 1]
+        for name in names:
+            h.update(name.encode())
+            h.update(values[name][lo:hi].tobytes())
+        h.update(aggregates[i].tobytes())
+        out.append(h.hexdigest()[:32])
+    return out
+
+
 def inputs_digest(batch: EncodedBatch, i: int) -> str:
-    """sha256 of one row's model inputs (tokens and aggregates): what the decision was made on."""
+    """`inputs_digests` of one row."""
     h = hashlib.sha256()
     lo, hi = batch.offsets[i], batch.offsets[i + 1]
     for name in sorted(batch.values):
         h.update(name.encode())
         h.update(np.ascontiguousarray(batch.values[name][lo:hi]).tobytes())
-    for name in AGGREGATE_NAMES:
-        h.update(np.float64(batch.aggregates[name][i]).tobytes())
+    h.update(np.array([batch.aggregates[a][i] for a in AGGREGATE_NAMES], dtype=np.float64).tobytes())
     return h.hexdigest()[:32]
 
 

@@ -25,6 +25,7 @@ from serving.scoring import (
     choose,
     default_now,
     inputs_digest,
+    inputs_digests,
     make_decision,
     merge_events,
     reasons_for,
@@ -114,6 +115,20 @@ def events_frame(
 
 
 @dataclass
+class _Decided:
+    """A batch up to the policy's draw (`Service._decide`)."""
+
+    model: LoadedModel
+    ids: list[str]
+    events: pd.DataFrame
+    scored: Scored
+    uplift: np.ndarray
+    allowed: np.ndarray
+    blocked_by: np.ndarray
+    choice: Any
+
+
+@dataclass
 class Service:
     """Scoring, decisions and the online store behind one object (thread-safe)."""
 
@@ -151,6 +166,30 @@ class Service:
                 audience export reads a whole chunk of an events file this way).
             explain: add the reasons in words (the audience export leaves them out).
         """
+        batch = self._decide(requests, extra_events)
+        model, scored, events, ids = batch.model, batch.scored, batch.events, batch.ids
+        uplift, allowed, blocked_by, choice = batch.uplift, batch.allowed, batch.blocked_by, batch.choice
+        if record:
+            scored.digests = inputs_digests(scored.batch)
+
+        # Each customer's rows of the (customer, ts)-sorted events, found once for the whole batch.
+        customers = events["customer_id"].to_numpy(dtype=object)
+        firsts, lasts = (
+            np.searchsorted(customers, ids, side="left"),
+            np.searchsorted(customers, ids, side="right"),
+        )
+        results = []
+        for i, req in enumerate(requests):
+            own = events.iloc[firsts[i] : lasts[i]] if explain else events.iloc[:0]
+            results.append(
+                self._answer(
+                    model, scored, i, req, own, uplift[i], allowed[i], blocked_by[i], choice, record, explain
+                )
+            )
+        return results
+
+    def _decide(self, requests: Sequence[CustomerRequest], extra_events: pd.DataFrame | None) -> _Decided:
+        """Everything up to the policy's draw, for a batch: events, model answers, rules, choice."""
         model = self.model()
         ids = [r.customer_id for r in requests]
         if len(set(ids)) != len(ids):
@@ -187,22 +226,80 @@ class Service:
         uplift = outcome - outcome[:, [NO_SEND]]
         with self._rng_lock:
             choice = choose(uplift, allowed, ids, self.settings, self._rng)
+        return _Decided(model, ids, events, scored, uplift, allowed, blocked_by, choice)
 
-        # Each customer's rows of the (customer, ts)-sorted events, found once for the whole batch.
-        customers = events["customer_id"].to_numpy(dtype=object)
-        firsts, lasts = (
-            np.searchsorted(customers, ids, side="left"),
-            np.searchsorted(customers, ids, side="right"),
-        )
-        results = []
-        for i, req in enumerate(requests):
-            own = events.iloc[firsts[i] : lasts[i]] if explain else events.iloc[:0]
-            results.append(
-                self._answer(
-                    model, scored, i, req, own, uplift[i], allowed[i], blocked_by[i], choice, record, explain
+    def score_table(
+        self,
+        requests: Sequence[CustomerRequest],
+        extra_events: pd.DataFrame | None = None,
+        n_items: int = 5,
+        record: bool = True,
+    ) -> pd.DataFrame:
+        """`score` for many customers as one table (the audience export): the same decisions, built
+        column-wise and written in one store transaction, without the per-customer answer objects.
+
+        Columns: customer_id, scored_at, model_version, stage, p_stage_<s>, action, channel,
+        expected_uplift, propensity, decision_id, control_group, top_items, p_<propensity>.
+        """
+        d = self._decide(requests, extra_events)
+        pred, n = d.scored.pred, len(d.ids)
+        assert pred.stage_proba is not None
+        assert pred.top_items is not None
+        action = d.choice.action.copy()
+        propensity = d.choice.propensity.astype(np.float64).copy()
+        decision_ids: list[str | None] = [None] * n
+        if record:
+            digests = inputs_digests(d.scored.batch)
+            stage_names = np.array(STAGES)[pred.stage_proba.argmax(axis=1)]
+            top = [" ".join(d.model.items[row[:n_items]]) for row in pred.top_items]
+
+            def decision(i: int, a: int, p: float) -> Decision:
+                return make_decision(
+                    customer_id=d.ids[i],
+                    now=d.scored.now[i],
+                    action=ACTIONS[a],
+                    propensity=p,
+                    model=d.model,
+                    digest=digests[i],
+                    control=bool(d.choice.control[i]),
+                    stage=str(stage_names[i]),
+                    uplift=0.0 if a == NO_SEND else float(d.uplift[i, a]),
+                    detail={"items": top[i].split(), "intended": ACTIONS[int(d.choice.drawn[i])]},
                 )
-            )
-        return results
+
+            decisions = [decision(i, int(action[i]), float(propensity[i])) for i in range(n)]
+            rules = self.settings.rules
+            done = self.store.commit_decisions(decisions, rules.max_emails_7d, rules.max_emails_28d)
+            for i, ok in enumerate(done):
+                if not ok:  # the cap was used up since the rules read the store: nothing is sent now
+                    action[i], propensity[i] = NO_SEND, 1.0
+                    decisions[i] = decision(i, NO_SEND, 1.0)
+                    self.store.commit_decision(decisions[i], rules.max_emails_7d, rules.max_emails_28d)
+            decision_ids = [x.decision_id for x in decisions]
+            if self.decisions_counter is not None:
+                for a, count in zip(*np.unique(action, return_counts=True), strict=True):
+                    self.decisions_counter.labels(action=ACTIONS[int(a)]).inc(int(count))
+        else:
+            top = [" ".join(d.model.items[row[:n_items]]) for row in pred.top_items]
+        is_message = action != NO_SEND
+        frame = pd.DataFrame(
+            {
+                "customer_id": d.ids,
+                "scored_at": pd.to_datetime(d.scored.now, utc=True),
+                "model_version": d.model.version,
+                "stage": np.array(STAGES)[pred.stage_proba.argmax(axis=1)],
+                **{f"p_stage_{s}": pred.stage_proba[:, j] for j, s in enumerate(STAGES)},
+                "action": np.array(ACTIONS, dtype=object)[action],
+                "channel": pd.Series(["email" if m else None for m in is_message], dtype=object),
+                "expected_uplift": np.where(is_message, d.uplift[np.arange(n), action], 0.0),
+                "propensity": propensity,
+                "decision_id": decision_ids,
+                "control_group": d.choice.control.astype(bool),
+                "top_items": top,
+                **{f"p_{name}": p for name, p in pred.propensity.items()},
+            }
+        )
+        return frame
 
     def _send_states(self, ids: list[str], now: list[datetime]) -> dict[str, SendState]:
         """The store's rule state of each customer at their own scoring time (one call per distinct time)."""
@@ -247,7 +344,7 @@ class Service:
             {"item_id": str(model.items[j]), "score": float(s), "rank": r + 1}
             for r, (j, s) in enumerate(zip(top, scores, strict=True))
         ]
-        digest = inputs_digest(scored.batch, i)
+        digest = scored.digests[i] if scored.digests else inputs_digest(scored.batch, i)
         now = scored.now[i]
         decision_id = ""
         if record:

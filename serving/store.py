@@ -241,6 +241,12 @@ class Store(ABC):
             Whether the decision stands (the caller may send the message).
         """
 
+    def commit_decisions(
+        self, decisions: Sequence[Decision], max_sends_7d: int, max_sends_28d: int
+    ) -> list[bool]:
+        """`commit_decision` for each decision, in order; a backend may do it in one round trip."""
+        return [self.commit_decision(d, max_sends_7d, max_sends_28d) for d in decisions]
+
     @abstractmethod
     def decision(self, decision_id: str) -> Decision | None:
         """The stored decision, or None."""
@@ -764,30 +770,40 @@ class SQLiteStore(Store):
         return {c: _send_state(consent.get(c), sends.get(c, []), now_us) for c in customer_ids}
 
     def commit_decision(self, decision: Decision, max_sends_7d: int, max_sends_28d: int) -> bool:
+        with self._write() as conn:
+            return self._commit(conn, decision, max_sends_7d, max_sends_28d)
+
+    def commit_decisions(
+        self, decisions: Sequence[Decision], max_sends_7d: int, max_sends_28d: int
+    ) -> list[bool]:
+        """`commit_decision` for many decisions in one transaction (the audience export's chunks)."""
+        with self._write() as conn:
+            return [self._commit(conn, d, max_sends_7d, max_sends_28d) for d in decisions]
+
+    def _commit(
+        self, conn: sqlite3.Connection, decision: Decision, max_sends_7d: int, max_sends_28d: int
+    ) -> bool:
         record = _decision_record(decision)
         ts = record["ts"]
-        with self._write() as conn:
-            if conn.execute(
-                "SELECT 1 FROM decisions WHERE decision_id = ?", (decision.decision_id,)
-            ).fetchone():
-                return True
-            if decision.is_message:
-                (lo7, hi7), (lo28, hi28) = _cap_windows(ts)
-                n7, n28 = conn.execute(
-                    "SELECT COALESCE(SUM(ts_us > ? AND ts_us < ?), 0), COUNT(*) FROM sends "
-                    "WHERE customer_id = ? AND ts_us > ? AND ts_us < ?",
-                    (lo7, hi7, decision.customer_id, lo28, hi28),
-                ).fetchone()
-                if n7 >= max_sends_7d or n28 >= max_sends_28d:
-                    return False
-            record["detail"] = json.dumps(record["detail"])
-            marks = ", ".join("?" * len(_DECISION_FIELDS))
-            conn.execute(
-                f"INSERT INTO decisions ({_DECISION_SQL_COLUMNS}) VALUES ({marks})",
-                [record[c] for c in _DECISION_FIELDS],
-            )
-            if decision.is_message:
-                self._append(conn, [_sent_event(decision)])
+        if conn.execute("SELECT 1 FROM decisions WHERE decision_id = ?", (decision.decision_id,)).fetchone():
+            return True
+        if decision.is_message:
+            (lo7, hi7), (lo28, hi28) = _cap_windows(ts)
+            n7, n28 = conn.execute(
+                "SELECT COALESCE(SUM(ts_us > ? AND ts_us < ?), 0), COUNT(*) FROM sends "
+                "WHERE customer_id = ? AND ts_us > ? AND ts_us < ?",
+                (lo7, hi7, decision.customer_id, lo28, hi28),
+            ).fetchone()
+            if n7 >= max_sends_7d or n28 >= max_sends_28d:
+                return False
+        record["detail"] = json.dumps(record["detail"])
+        marks = ", ".join("?" * len(_DECISION_FIELDS))
+        conn.execute(
+            f"INSERT INTO decisions ({_DECISION_SQL_COLUMNS}) VALUES ({marks})",
+            [record[c] for c in _DECISION_FIELDS],
+        )
+        if decision.is_message:
+            self._append(conn, [_sent_event(decision)])
         return True
 
     def _decisions(self, where: str, params: tuple[Any, ...]) -> list[Decision]:

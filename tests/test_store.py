@@ -430,6 +430,16 @@ def test_commit_refuses_the_fourth_message_in_seven_days(store: Store) -> None:
     assert store.commit_decision(decision("d4", "c1", T0 + 7 * D), max_sends_7d=3, max_sends_28d=10)
 
 
+def test_commit_decisions_applies_the_cap_within_one_batch(store: Store) -> None:
+    batch = [decision(f"b{k}", "c1", T0 + k * H) for k in range(5)] + [decision("n0", "c2", T0, "no_send")]
+    assert store.commit_decisions(batch, max_sends_7d=3, max_sends_28d=10) == [True] * 3 + [False] * 2 + [
+        True
+    ]
+    assert sorted(d.decision_id for d in store.decisions_of("c1")) == ["b0", "b1", "b2"]
+    assert store.decision("n0") is not None
+    assert store.send_state(["c1"], T0 + 5 * H)["c1"].sends_7d == 3
+
+
 def test_commit_applies_the_28_day_cap(store: Store) -> None:
     assert store.commit_decision(decision("d0", "c1", T0), 3, 2)
     assert store.commit_decision(decision("d1", "c1", T0 + 8 * D), 3, 2)
