@@ -91,11 +91,12 @@ def main() -> None:
     stats = pstats.Stats(profile, stream=out)
     stats.sort_stats("cumulative")
     steps = {
+        "reading the events (customer_chunks)": "customer_chunks",
         "model (SequenceScorer.predict)": "sequence.py",
         "encoder (features.encoder.encode)": "encoder.py",
-        "decisions written (store.commit_decision)": "commit_decision",
-        "answers built (Service._answer)": "_answer",
         "rules and policy (blocked_matrix, choose)": "blocked_matrix",
+        "decisions written (store.commit_decisions)": "commit_decisions",
+        "the whole table (Service.score_table)": "score_table",
     }
     total = max(v[3] for v in stats.stats.values())  # type: ignore[attr-defined]
     shares = {}
