@@ -1127,15 +1127,12 @@ def measure_floor(
     import pandas as pd
     import torch
 
-    import serving.scoring
     from features.encoder import TOKEN_FIELDS, encode
     from serving.scoring import score_customers
     from training.data import from_encoded
 
     model = inproc.model
-    # The vocabulary the service encodes with (an indexed copy since the hot-path changes).
-    indexed = getattr(serving.scoring, "indexed_vocabulary", None)
-    vocab = indexed(model.pyfunc.vocab) if indexed else model.pyfunc.vocab
+    vocab = model.pyfunc.vocab
     when = pd.Timestamp(now).to_pydatetime()
     customer = json.loads(stored_bodies[0])["customer_id"]
     events = inproc.store.events([customer])

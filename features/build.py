@@ -117,11 +117,11 @@ class BuildConfig:
             raise ValueError(
                 f"unknown build setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
             )
-        enc = _sub(EncoderConfig, data.pop("encoder", {}) or {}, "encoder")
+        enc = from_settings(EncoderConfig, data.pop("encoder", {}) or {}, "encoder")
         lab = data.pop("labels", {}) or {}
         if "purchase_horizons" in lab:
             lab["purchase_horizons"] = tuple(lab["purchase_horizons"])
-        return cls(encoder=enc, labels=_sub(LabelConfig, lab, "labels"), **data)
+        return cls(encoder=enc, labels=from_settings(LabelConfig, lab, "labels"), **data)
 
     @classmethod
     def from_yaml(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> BuildConfig:
@@ -147,7 +147,8 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
     return data
 
 
-def _sub(kind: type, data: dict[str, Any], name: str) -> Any:
+def from_settings(kind: type, data: dict[str, Any], name: str) -> Any:
+    """`kind(**data)`, naming any key `kind` does not have (the check behind every settings section)."""
     known = {f.name for f in fields(kind)}
     unknown = sorted(set(data) - known)
     if unknown:

@@ -55,22 +55,26 @@ def read_segment(path: Path) -> list[str]:
     return sorted(set(frame["customer_id"].astype(str)))
 
 
-def customer_chunks(
-    events_path: Path, chunk: int, segment: list[str] | None = None
-) -> Iterator[tuple[list[str], pd.DataFrame]]:
-    """(customer ids, their events) for consecutive chunks of customers, events sorted by (customer, ts).
-
-    The customer ids are read first (one column); each chunk's events are then read with a filter, so
-    memory holds one chunk of events at a time.
-    """
-    dataset = ds.dataset(events_path, format="parquet")
+def audience_ids(dataset: ds.Dataset, segment: list[str] | None) -> list[str]:
+    """Every customer of the events (one column read), or the segment: its known customers first, then
+    those without events (scored as new customers)."""
     ids = pc_unique(dataset)
-    if segment is not None:
-        ids = sorted(set(ids) & set(segment)) + sorted(set(segment) - set(ids))  # unknown ids: cold start
+    if segment is None:
+        return ids
+    return sorted(set(ids) & set(segment)) + sorted(set(segment) - set(ids))
+
+
+def customer_chunks(
+    dataset: ds.Dataset, ids: list[str], chunk: int, source: str
+) -> Iterator[tuple[list[str], pd.DataFrame]]:
+    """(customer ids, their events) for consecutive chunks of `ids`, events sorted by (customer, ts).
+
+    Each chunk's events are read with a filter, so memory holds one chunk of events at a time.
+    """
     for lo in range(0, len(ids), chunk):
         part = ids[lo : lo + chunk]
         table = dataset.to_table(filter=ds.field("customer_id").isin(part))
-        frame = conform_table(table, source=str(events_path)).to_pandas()
+        frame = conform_table(table, source=source).to_pandas()
         for column in EVENT_COLUMNS:
             if column not in frame:
                 frame[column] = None
@@ -118,13 +122,14 @@ def score_audience(
     if out.suffix not in (".parquet", ".csv"):
         raise ValueError(f"{out}: write .parquet or .csv")
     out.parent.mkdir(parents=True, exist_ok=True)
-    total = len(segment) if segment is not None else len(pc_unique(ds.dataset(events_path, format="parquet")))
     started = time.perf_counter()
+    dataset = ds.dataset(events_path, format="parquet")
+    ids = audience_ids(dataset, segment)
     frames, done = [], 0
     actions: dict[str, int] = {}
     writer: pq.ParquetWriter | None = None
-    for ids, events in customer_chunks(events_path, chunk, segment):
-        requests = [CustomerRequest(c, events.iloc[:0], now, None, n_items) for c in ids]
+    for part, events in customer_chunks(dataset, ids, chunk, str(events_path)):
+        requests = [CustomerRequest(c, events.iloc[:0], now, None, n_items) for c in part]
         frame = service.score_table(requests, extra_events=events, n_items=n_items, record=record)
         for action, count in frame["action"].value_counts().items():
             actions[str(action)] = actions.get(str(action), 0) + int(count)
@@ -134,45 +139,33 @@ def score_audience(
             writer.write_table(table)
         else:
             frames.append(frame)
-        done += len(ids)
+        done += len(part)
         if progress is not None:
-            progress(done, total)
+            progress(done, len(ids))
     if writer is not None:
         writer.close()
     elif out.suffix == ".csv":
-        (pd.concat(frames, ignore_index=True) if frames else audience_frame([])).to_csv(out, index=False)
+        (pd.concat(frames, ignore_index=True) if frames else _no_customers()).to_csv(out, index=False)
     else:
-        audience_frame([]).to_parquet(out, index=False)
+        _no_customers().to_parquet(out, index=False)
     seconds = time.perf_counter() - started
     return AudienceSummary(done, seconds, out, actions)
 
 
-def audience_frame(answers: list[dict]) -> pd.DataFrame:
-    """One row per answer: what a platform imports (ids, stage, action, items, propensities)."""
-    rows = []
-    for a in answers:
-        nba = a["next_best_action"]
-        row = {
-            "customer_id": a["customer_id"],
-            "scored_at": pd.Timestamp(a["scored_at"]),
-            "model_version": a["model"]["version"],
-            "stage": a["stage"]["label"],
-            **{f"p_stage_{s}": a["stage"]["probabilities"][s] for s in STAGES},
-            "action": nba["action"],
-            "channel": nba["channel"],
-            "expected_uplift": nba["expected_uplift"],
-            "propensity": nba["propensity"],
-            "decision_id": nba["decision_id"] or None,
-            "control_group": nba["control_group"],
-            "top_items": " ".join(r["item_id"] for r in a["recommendations"]),
-            **{f"p_{name}": p for name, p in a["propensities"].items()},
-        }
-        rows.append(row)
-    if not rows:
-        columns = ["customer_id", "scored_at", "model_version", "stage", *(f"p_stage_{s}" for s in STAGES),
-                   "action", "channel", "expected_uplift", "propensity", "decision_id", "control_group",
-                   "top_items"]  # fmt: skip
-        return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
-    frame = pd.DataFrame(rows)
-    frame["control_group"] = frame["control_group"].astype(bool)
-    return frame
+def _no_customers() -> pd.DataFrame:
+    """The file's columns without rows (an events dataset or segment with nobody in it)."""
+    columns = [
+        "customer_id",
+        "scored_at",
+        "model_version",
+        "stage",
+        *(f"p_stage_{s}" for s in STAGES),
+        "action",
+        "channel",
+        "expected_uplift",
+        "propensity",
+        "decision_id",
+        "control_group",
+        "top_items",
+    ]
+    return pd.DataFrame({c: pd.Series(dtype=object) for c in columns})

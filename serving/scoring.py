@@ -19,7 +19,6 @@ the campaign's lift against the control group both have what they need.
 from __future__ import annotations
 
 import hashlib
-import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,7 +30,6 @@ import pandas as pd
 from features.encoder import AGGREGATE_NAMES, EncodedBatch, encode
 from features.policy import NO_SEND, eligibility, greedy_policy
 from features.schema import ACTIONS, EVENT_COLUMNS, STAGES, Action
-from features.vocab import FIRST, OOV, PAD, Vocabulary
 from serving.model import LoadedModel
 from serving.settings import ServeSettings
 from serving.store import Decision, SendState
@@ -53,58 +51,6 @@ class Scored:
 
     def aggregates(self, i: int) -> dict[str, float]:
         return {name: float(self.batch.aggregates[name][i]) for name in AGGREGATE_NAMES}
-
-
-class IndexedVocabulary(Vocabulary):
-    """A vocabulary whose per-field token index (a hash table) is built once, not on every lookup.
-
-    `Vocabulary.lookup` builds a categorical over all of a field's tokens at each call: for a
-    100,000-item catalogue that is about 20 ms, several times the model's forward on one customer. The
-    answers are the same: pandas maps values to categories through the same `Index.get_indexer`.
-    """
-
-    def __init__(self, vocab: Vocabulary) -> None:
-        super().__init__(tokens=vocab.tokens, counts=vocab.counts)
-        self._index = {name: pd.Index(tokens, dtype=object) for name, tokens in vocab.tokens.items()}
-
-    def lookup(self, name: str, values: pd.Series) -> np.ndarray:
-        """As `Vocabulary.lookup`: null -> PAD, unknown -> OOV; categoricals through their categories."""
-        index = self._index[name]
-        if isinstance(values.dtype, pd.CategoricalDtype):
-            cats = values.cat.categories
-            table = _token_codes(index, pd.Series(cats.astype(str), dtype=object))
-            codes = values.cat.codes.to_numpy()
-            out = np.where(codes >= 0, table[np.maximum(codes, 0)] if len(table) else OOV, PAD)
-            return out.astype(np.int32)
-        series = values.astype(object)
-        found = _token_codes(index, series)
-        found[series.isna().to_numpy()] = PAD
-        return found
-
-
-def _token_codes(index: pd.Index, values: pd.Series) -> np.ndarray:
-    codes = index.get_indexer_for(pd.Index(values, dtype=object))
-    return np.where(codes >= 0, codes.astype(np.int64) + FIRST, OOV).astype(np.int32)
-
-
-_indexed_lock = threading.Lock()
-_indexed: dict[int, tuple[Vocabulary, IndexedVocabulary]] = {}
-
-
-def indexed_vocabulary(vocab: Vocabulary) -> IndexedVocabulary:
-    """The indexed twin of a loaded model's vocabulary, built on first use and kept while the model is
-    among the last few loaded (the entry holds the vocabulary, so its id cannot be reused meanwhile)."""
-    hit = _indexed.get(id(vocab))
-    if hit is not None and hit[0] is vocab:
-        return hit[1]
-    with _indexed_lock:
-        hit = _indexed.get(id(vocab))
-        if hit is None or hit[0] is not vocab:
-            while len(_indexed) >= 4:  # a replica swaps models now and then; forget the oldest
-                del _indexed[next(iter(_indexed))]
-            hit = (vocab, IndexedVocabulary(vocab))
-            _indexed[id(vocab)] = hit
-        return hit[1]
 
 
 def _empty_events_frame() -> pd.DataFrame:
@@ -169,7 +115,7 @@ def score_customers(
 ) -> Scored:
     """Encodes the customers' events with the feature job's encoder and runs the model once."""
     cutoffs = pd.DataFrame({"customer_id": customer_ids, "cutoff": pd.to_datetime(list(now), utc=True)})
-    batch = encode(events, cutoffs, indexed_vocabulary(model.pyfunc.vocab), model.encoder_config)
+    batch = encode(events, cutoffs, model.pyfunc.vocab, model.encoder_config)
     config = model.scorer.model_config
     data = from_encoded(batch, customer_ids, config.n_items, config.targets)
     k = max(1, min(k, model.catalogue_size))
@@ -192,17 +138,6 @@ def inputs_digests(batch: EncodedBatch) -> list[str]:
         h.update(aggregates[i].tobytes())
         out.append(h.hexdigest()[:32])
     return out
-
-
-def inputs_digest(batch: EncodedBatch, i: int) -> str:
-    """`inputs_digests` of one row."""
-    h = hashlib.sha256()
-    lo, hi = batch.offsets[i], batch.offsets[i + 1]
-    for name in sorted(batch.values):
-        h.update(name.encode())
-        h.update(np.ascontiguousarray(batch.values[name][lo:hi]).tobytes())
-    h.update(np.array([batch.aggregates[a][i] for a in AGGREGATE_NAMES], dtype=np.float64).tobytes())
-    return h.hexdigest()[:32]
 
 
 def in_control_group(customer_ids: Sequence[str], share: float, salt: str) -> np.ndarray:

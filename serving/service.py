@@ -24,7 +24,6 @@ from serving.scoring import (
     blocked_matrix,
     choose,
     default_now,
-    inputs_digest,
     inputs_digests,
     make_decision,
     merge_events,
@@ -248,10 +247,10 @@ class Service:
         action = d.choice.action.copy()
         propensity = d.choice.propensity.astype(np.float64).copy()
         decision_ids: list[str | None] = [None] * n
+        stage_names = np.array(STAGES)[pred.stage_proba.argmax(axis=1)]
+        top = [" ".join(d.model.items[row[:n_items]]) for row in pred.top_items]
         if record:
             digests = inputs_digests(d.scored.batch)
-            stage_names = np.array(STAGES)[pred.stage_proba.argmax(axis=1)]
-            top = [" ".join(d.model.items[row[:n_items]]) for row in pred.top_items]
 
             def decision(i: int, a: int, p: float) -> Decision:
                 return make_decision(
@@ -279,15 +278,13 @@ class Service:
             if self.decisions_counter is not None:
                 for a, count in zip(*np.unique(action, return_counts=True), strict=True):
                     self.decisions_counter.labels(action=ACTIONS[int(a)]).inc(int(count))
-        else:
-            top = [" ".join(d.model.items[row[:n_items]]) for row in pred.top_items]
         is_message = action != NO_SEND
         frame = pd.DataFrame(
             {
                 "customer_id": d.ids,
                 "scored_at": pd.to_datetime(d.scored.now, utc=True),
                 "model_version": d.model.version,
-                "stage": np.array(STAGES)[pred.stage_proba.argmax(axis=1)],
+                "stage": stage_names,
                 **{f"p_stage_{s}": pred.stage_proba[:, j] for j, s in enumerate(STAGES)},
                 "action": np.array(ACTIONS, dtype=object)[action],
                 "channel": pd.Series(["email" if m else None for m in is_message], dtype=object),
@@ -344,32 +341,14 @@ class Service:
             {"item_id": str(model.items[j]), "score": float(s), "rank": r + 1}
             for r, (j, s) in enumerate(zip(top, scores, strict=True))
         ]
-        digest = scored.digests[i] if scored.digests else inputs_digest(scored.batch, i)
         now = scored.now[i]
         decision_id = ""
         if record:
-            decision, committed = self._commit(
-                model,
-                req.customer_id,
-                now,
-                action,
-                propensity,
-                digest,
-                control,
-                stage,
-                float(uplift[ACTIONS.index(action)]),
-                recommendations,
-                intended,
-            )
-            if not committed:
-                # Another request (maybe on another replica) used the customer's last send of the period
-                # between our read and our write: the cap holds, and this customer gets nothing now.
-                for j, a in enumerate(ACTIONS):
-                    if a != Action.NO_SEND and allowed[j]:
-                        allowed[j] = False
-                        blocked[a] = "frequency_cap"
-                action, propensity, explored = Action.NO_SEND.value, 1.0, False
-                decision, committed = self._commit(
+            assert scored.digests is not None
+            digest = scored.digests[i]
+
+            def commit(action: str, propensity: float, uplift: float, intended: str) -> tuple[Decision, bool]:
+                return self._commit(
                     model,
                     req.customer_id,
                     now,
@@ -378,10 +357,21 @@ class Service:
                     digest,
                     control,
                     stage,
-                    0.0,
+                    uplift,
                     recommendations,
-                    action,
+                    intended,
                 )
+
+            decision, committed = commit(action, propensity, float(uplift[ACTIONS.index(action)]), intended)
+            if not committed:
+                # Another request (maybe on another replica) used the customer's last send of the period
+                # between our read and our write: the cap holds, and this customer gets nothing now.
+                for j, a in enumerate(ACTIONS):
+                    if a != Action.NO_SEND and allowed[j]:
+                        allowed[j] = False
+                        blocked[a] = "frequency_cap"
+                action, propensity, explored = Action.NO_SEND.value, 1.0, False
+                decision, committed = commit(action, propensity, 0.0, action)
             decision_id = decision.decision_id
             if self.decisions_counter is not None:
                 self.decisions_counter.labels(action=action).inc()
