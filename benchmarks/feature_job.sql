@@ -86,6 +86,16 @@ ev AS MATERIALIZED (
         TRY_CAST(r.event_type AS event_type_enum) AS event_type,
         r.event_type NOT IN ('email_sent', 'sms_sent') AS act,
         r.event_type = 'purchase' AS pur,
+        -- Stage labels count days: an order is the first purchase of a customer-day (UTC), an active day
+        -- the first event the customer did that day; carts and checkouts count on days without an order.
+        r.event_type = 'purchase' AND row_number() OVER (
+            PARTITION BY r.customer_id, r.ts_ms // 86400000, r.event_type = 'purchase'
+            ORDER BY r.ts_ms, r.file_index, r.file_row_number) = 1 AS is_order,
+        r.event_type NOT IN ('email_sent', 'sms_sent') AND row_number() OVER (
+            PARTITION BY r.customer_id, r.ts_ms // 86400000, r.event_type NOT IN ('email_sent', 'sms_sent')
+            ORDER BY r.ts_ms, r.file_index, r.file_row_number) = 1 AS is_active_day,
+        r.event_type IN ('add_to_cart', 'checkout_start') AND NOT bool_or(r.event_type = 'purchase') OVER (
+            PARTITION BY r.customer_id, r.ts_ms // 86400000) AS is_open_cart,
         CASE WHEN r.value IS NULL OR isnan(r.value) THEN 0
              ELSE round_even(r.value * 100, 0)::BIGINT END AS cents,
         coalesce(et.idx, 1) AS tok_event_type,
@@ -177,19 +187,33 @@ agg AS (
         min(ts_ms) AS first_ms,
         max(ts_ms) FILTER (rel < 0 AND act) AS last_activity_ms,
         max(ts_ms) FILTER (rel < 0 AND pur) AS last_purchase_ms,
+        -- Orders: days (UTC) with a purchase; the first purchase of each customer-day marks one.
+        count(*) FILTER (rel < 0 AND is_order) AS n_purchase_days,
+        -- The last signup of either kind (account or newsletter).
+        max(ts_ms) FILTER (rel < 0 AND event_type IN ('signup', 'newsletter_signup')) AS last_signup_ms,
         max(ts_ms) FILTER (rel < 0 AND event_type = 'email_sent') AS last_email_ms,
         max(ts_ms) FILTER (rel < 0 AND event_type = 'add_to_cart') AS last_cart_ms,
         -- Consent: the last subscribe or unsubscribe wins.
         arg_max(event_type = 'newsletter_signup', pos)
             FILTER (rel < 0 AND event_type IN ('newsletter_signup', 'email_unsubscribe')) AS subscribed,
         -- Labels: what happened around the cutoff.
-        count(*) FILTER (within(rel, 0, {decision_days}) AND pur) > 0 AS buys_decision,
         count(*) FILTER (within(rel, 0, 7) AND pur) > 0 AS purchase_7d,
         count(*) FILTER (within(rel, 0, 30) AND pur) > 0 AS purchase_30d,
         count(*) FILTER (within(rel, 0, {churn_days}) AND act) > 0 AS active_after,
-        count(*) FILTER (within(rel, -{post_purchase_days}, 0) AND pur) > 0 AS recent_purchase,
-        count(*) FILTER (within(rel, -{consideration_days}, 0)
+        -- The stage rules of features/labels.py, as counts of orders, active days and events in windows.
+        min(rel) FILTER (rel < 0) AS first_rel,
+        count(*) FILTER (within(rel, -{post_purchase_days}, 0) AND is_order) AS orders_recent,
+        count(*) FILTER (within(rel, -{feedback_days}, 0) AND is_order) AS orders_feedback,
+        count(*) FILTER (within(rel, -{post_purchase_days}, {post_purchase_days})
+                         AND event_type IN ('review', 'support_contact')) AS feedback,
+        count(*) FILTER (within(rel, -{loyal_days}, 0) AND is_order) AS orders_loyal,
+        count(*) FILTER (within(rel, -{loyal_recent_days}, 0) AND is_order) AS orders_loyal_recent,
+        count(*) FILTER (within(rel, 0, {decision_days}) AND is_order) AS orders_next,
+        count(*) FILTER (within(rel, -{decision_days}, {decision_days}) AND is_open_cart) AS open_carts,
+        count(*) FILTER (within(rel, -{consideration_days}, {consideration_days})
                          AND event_type IN ('product_view', 'search', 'add_to_cart')) AS interest,
+        count(*) FILTER (within(rel, -{at_risk_days}, {at_risk_days}) AND is_active_day) AS active_days_around,
+        count(*) FILTER (within(rel, 0, {quiet_days}) AND is_active_day) AS active_days_after,
         -- Outcome of the logged decision: the `outcome_days` from the decision on.
         count(*) FILTER (within(rel_d, 0, {outcome_days}) AND pur) > 0 AS outcome_purchase,
         coalesce(sum(cents) FILTER (within(rel_d, 0, {outcome_days}) AND pur), 0) AS outcome_cents,
@@ -261,7 +285,9 @@ SELECT
     a.monetary_cents::DOUBLE / 100 AS monetary,
     days_since(a.last_activity_ms, r.cutoff_ms) AS recency_days,
     CASE WHEN a.n_before > 0 THEN days_since(a.first_ms, r.cutoff_ms) ELSE 0.0 END AS tenure_days,
+    a.n_purchase_days::DOUBLE AS n_purchase_days,
     days_since(a.last_purchase_ms, r.cutoff_ms) AS days_since_last_purchase,
+    days_since(a.last_signup_ms, r.cutoff_ms) AS days_since_signup,
     days_since(a.last_email_ms, r.cutoff_ms) AS days_since_last_email,
     -- An open cart: something added since the last purchase, within the last 7 days.
     (days_since(a.last_cart_ms, r.cutoff_ms) < 7
@@ -271,13 +297,19 @@ SELECT
     a.purchase_7d,
     a.purchase_30d,
     NOT a.active_after AS churn_30d,
+    -- Stage: features/labels.py's rules in its order, first match wins; a customer with no event before
+    -- the cutoff is a new contact (first_rel null).
     CASE
-        WHEN a.buys_decision THEN 'decision'
-        WHEN a.recent_purchase THEN 'post_purchase'
-        WHEN a.n_purchases > 0 AND NOT a.active_after THEN 'at_risk'
-        WHEN a.n_purchases >= {loyal_min_purchases} THEN 'loyal'
-        WHEN a.interest >= {consideration_min_events} THEN 'consideration'
-        ELSE 'awareness'
+        WHEN a.orders_recent > 0
+            OR (a.orders_feedback > 0 AND a.feedback > 0 AND a.orders_loyal <= {feedback_max_orders})
+            THEN 'post_purchase'
+        WHEN a.orders_next > 0 OR a.open_carts >= {decision_min_cart_events} THEN 'decision'
+        WHEN (a.first_rel IS NULL OR a.first_rel > -ms_days({awareness_days})) AND a.n_purchase_days = 0
+            AND a.interest < {consideration_min_events} THEN 'awareness'
+        WHEN a.active_days_around <= {at_risk_max_active_days}
+            OR a.active_days_after <= {quiet_max_active_days} THEN 'at_risk'
+        WHEN a.orders_loyal >= {loyal_min_orders} AND a.orders_loyal_recent > 0 THEN 'loyal'
+        ELSE 'consideration'
     END AS stage,
     coalesce(n.items, []::INTEGER[]) AS next_items,
     rd.decision_id,

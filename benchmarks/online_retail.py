@@ -388,12 +388,12 @@ def describe_build(
 
 
 def order_counts(events: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Invoice lines against invoices: the stage rules and aggregates count purchase events (lines).
+    """Invoice lines, purchase days and invoices: the stage rules count orders as days with a purchase.
 
     Returns:
         lines_per_invoice_median; and at the first test cutoff, among customers who bought before it, the
-        share with at least `loyal_min_purchases` purchase lines (what the "loyal" rule counts) and the
-        share with that many invoices (orders).
+        share with at least `loyal_min_orders` purchase days (what the "loyal" rule counts) and the share
+        with that many invoices.
     """
     frame = pd.read_parquet(events, columns=["customer_id", "ts", "event_type", "session_id"])
     bought = frame[frame["event_type"].astype(str) == "purchase"]
@@ -401,13 +401,15 @@ def order_counts(events: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         return {}
     cutoff = pd.Timestamp(manifest["cutoffs"]["test"][0], tz="UTC")
     before = bought[bought["ts"] < cutoff]
-    minimum = int(manifest["config"]["labels"]["loyal_min_purchases"])
-    lines = before.groupby("customer_id", observed=True).size()
+    minimum = int(manifest["config"]["labels"]["loyal_min_orders"])
+    days = (
+        before.assign(day=before["ts"].dt.floor("D")).groupby("customer_id", observed=True)["day"].nunique()
+    )
     orders = before.groupby("customer_id", observed=True)["session_id"].nunique()
     return {
         "lines_per_invoice_median": float(bought.groupby("session_id", observed=True).size().median()),
-        "loyal_min_purchases": minimum,
-        "buyers_with_min_lines": round(float((lines >= minimum).mean()), 4) if len(lines) else 0.0,
+        "loyal_min_orders": minimum,
+        "buyers_with_min_days": round(float((days >= minimum).mean()), 4) if len(days) else 0.0,
         "buyers_with_min_invoices": round(float((orders >= minimum).mean()), 4) if len(orders) else 0.0,
     }
 
@@ -638,11 +640,11 @@ def stage_note(bench: BenchmarkResult) -> str:
             f" Macro-F1 averages the stages present, and awareness has only {rare} "
             f"test rows, so its F1 swings the average (hence the wide intervals); without it: {without}."
         )
-    if "buyers_with_min_lines" in diag:
+    if "buyers_with_min_days" in diag:
         text += (
-            f" The stage rules count purchase events, which here are invoice lines (median "
-            f'{diag["lines_per_invoice_median"]:.0f} per invoice): "loyal" (at least '
-            f"{diag['loyal_min_purchases']} purchases) holds for {diag['buyers_with_min_lines']:.0%} of the "
+            f" Purchase events here are invoice lines (median {diag['lines_per_invoice_median']:.0f} per "
+            f'invoice); the stage rules count orders as days with a purchase: "loyal" (at least '
+            f"{diag['loyal_min_orders']} such days) holds for {diag['buyers_with_min_days']:.0%} of the "
             "customers who bought before the first test cutoff, against "
             f"{diag['buyers_with_min_invoices']:.0%} with that many invoices."
         )

@@ -65,7 +65,9 @@ AGGREGATE_NAMES: tuple[str, ...] = (
     "monetary",
     "recency_days",
     "tenure_days",
+    "n_purchase_days",
     "days_since_last_purchase",
+    "days_since_signup",
     "days_since_last_email",
     "open_cart",
     "email_consent",
@@ -317,6 +319,25 @@ def _aggregates(
     )
     out["tenure_days"] = np.where(end > start, np.minimum((t_ms - first_ts) / MS_PER_DAY, NEVER_DAYS), 0.0)
     out["days_since_last_purchase"] = days_since(purchase)
+    # Orders, roughly: days with a purchase. A multi-item order (one purchase event per item, as UCI's
+    # invoice lines) is one purchase day, so "repeat buyer" rules are not fooled by a big basket.
+    day = prep.ts_ms // MS_PER_DAY
+    new_day = np.ones(len(day), dtype=bool)
+    if len(day):
+        last_purchase = _last_index(purchase)
+        previous = np.concatenate([[-1], last_purchase[:-1]])
+        same = (
+            (previous >= 0)
+            & (prep.cust[np.maximum(previous, 0)] == prep.cust)
+            & (day[np.maximum(previous, 0)] == day)
+        )
+        new_day = ~same
+    dsum = prefix_sum((purchase & new_day).astype(np.int64))
+    out["n_purchase_days"] = (dsum[end] - dsum[start]).astype(np.float64)
+    signup = np.isin(
+        et, [EVENT_TYPES.index(EventType.SIGNUP), EVENT_TYPES.index(EventType.NEWSLETTER_SIGNUP)]
+    )
+    out["days_since_signup"] = days_since(signup)
     out["days_since_last_email"] = days_since(et == EVENT_TYPES.index(EventType.EMAIL_SENT))
 
     # An open cart: something added since the last purchase, within the last 7 days.

@@ -1,21 +1,62 @@
 """Hindsight labels: what happened at and after each cutoff.
 
 Real data carries no stage labels, so the stage is a documented, configurable function of the customer's
-events before and after the cutoff (DESIGN.md, "Journey stages"). The rules, first match wins:
+events before and after the cutoff (DESIGN.md, "Journey stages"). They are hindsight targets: the rules may
+look on both sides of the cutoff, the model only ever sees the events before it.
 
-1. decision: a purchase within `decision_days` after the cutoff (purchase intent that converted);
-2. post_purchase: the last purchase before the cutoff was at most `post_purchase_days` ago;
-3. at_risk: an earlier buyer with no activity in the `churn_days` after the cutoff;
-4. loyal: at least `loyal_min_purchases` purchases before the cutoff;
-5. consideration: at least `consideration_min_events` product views, searches or carts in the
-   `consideration_days` before the cutoff;
-6. awareness: everybody else.
+Two counts make the rules hold across data sources:
+
+* an *order* is a day (UTC) with at least one purchase event. A shop that logs one purchase event per item
+  (the simulator, most web trackers) or per invoice line (UCI Online Retail) logs one basket as many
+  events; a customer who bought twice came back twice, on two days.
+* an *active day* is a day with at least one event the customer did (anything but the shop's own sends,
+  `SHOP_SENT_EVENTS`). One visit logs many page and product views, so days, not events, measure how often
+  someone comes back; an e-mail open is a sign of life too.
+
+*First contact* is the customer's first event of any kind (a signup, a visit, or the first e-mail the shop
+sent them). The rules, first match wins (`t` is the cutoff, every number a `LabelConfig` setting):
+
+1. post_purchase: an order in the `post_purchase_days` (7) before t; or, for a customer with at most
+   `feedback_max_orders` (2) orders in the `loyal_days` (365) before t, an order in the `feedback_days` (21)
+   before t and a review or support contact in the `post_purchase_days` either side of t. The week after an
+   order is the delivery and first-use window of any shop; feedback (a review, a question to support) is
+   what a new buyer does while still in it, so it extends the stage to three weeks, the usual
+   delivery-plus-return period. A frequent buyer's review is routine, not onboarding, and a stage of "just
+   bought" that lasted a month would swallow repeat buyers between their orders.
+2. decision: an order in the `decision_days` (3) after t, or at least `decision_min_cart_events` (3)
+   add-to-cart or checkout events on days without an order within `decision_days` either side of t.
+   Deciding is the short last step of the funnel: a purchase within days means the customer was deciding at
+   t, one two weeks later means they were still comparing (purchase_7d and purchase_30d are separate
+   labels). Repeated carts or checkouts that did not end in an order that day are abandoned purchase
+   intent, what cart-abandonment e-mails are for; one stray add-to-cart is not.
+3. awareness: first contact less than `awareness_days` (14) before t, no order before t, and fewer than
+   `consideration_min_events` (6) product views, searches or carts in the `consideration_days` (7) either
+   side of t. New contact only: two weeks is the span of a welcome series. A new contact already comparing
+   products (about one product view or search a day) is considering, not merely aware.
+4. at_risk: at most `at_risk_max_active_days` (2) active days in the `at_risk_days` (7) either side of t,
+   or at most `quiet_max_active_days` (1) in the `quiet_days` (14) after t. Inactivity, not purchases,
+   defines it: whoever once came back week after week and now shows up on two days in a fortnight (or once
+   in the two weeks that follow) is lapsing, whether or not they ever bought; win-back is for all of them.
+   A window around t (rather than only after it) separates a customer whose activity has already faded from
+   one who merely has a quiet week. For data with purchases only (UCI), every day without an order is
+   inactive: widen `at_risk_days` and `quiet_days` to the shop's order cycle (e.g. 60 and 90 days).
+5. loyal: at least `loyal_min_orders` (2) orders in the `loyal_days` (365) before t, the latest within the
+   `loyal_recent_days` (45) before t. A repeat buyer who is still buying: orders on two different days in
+   a year, the latest in the last six weeks, so that the buying habit is current; a customer who bought
+   twice long ago and is only browsing now is considering the next purchase.
+6. consideration: everybody else, an established contact who is active: browsing, comparing, returning.
+
+Why this order: orders are the surest evidence a shop has, so the stages anchored on them come first
+(whoever just bought is in the post-purchase window even if they buy again this week); a new contact who
+is quiet has not lapsed from anything, so awareness comes before at_risk; and at_risk comes before loyal
+because a repeat buyer gone quiet is exactly whom win-back is for.
 
 The model only ever sees events before the cutoff; these labels are its targets.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,14 +69,24 @@ from features.schema import ACTIONS, EVENT_TYPES, SHOP_SENT_EVENTS, STAGES, Even
 
 @dataclass(frozen=True)
 class LabelConfig:
-    """Horizons (days) and thresholds of the hindsight labels."""
+    """Horizons (days) and thresholds of the hindsight labels (the stage rules: see the module doc)."""
 
-    decision_days: int = 7
-    post_purchase_days: int = 14
+    decision_days: int = 3
+    decision_min_cart_events: int = 3
+    post_purchase_days: int = 7
+    feedback_days: int = 21
+    feedback_max_orders: int = 2
+    awareness_days: int = 14
+    consideration_days: int = 7
+    consideration_min_events: int = 6
+    at_risk_days: int = 7
+    at_risk_max_active_days: int = 2
+    quiet_days: int = 14
+    quiet_max_active_days: int = 1
+    loyal_min_orders: int = 2
+    loyal_days: int = 365
+    loyal_recent_days: int = 45
     churn_days: int = 30
-    loyal_min_purchases: int = 2
-    consideration_days: int = 14
-    consideration_min_events: int = 2
     purchase_horizons: tuple[int, ...] = (7, 30)
     next_items_days: int = 30
     max_next_items: int = 20
@@ -46,7 +97,16 @@ class LabelConfig:
     @property
     def horizon_days(self) -> int:
         """How far after a cutoff the labels look: later cutoffs cannot be labelled."""
-        return max(self.decision_days, self.churn_days, self.next_items_days, *self.purchase_horizons)
+        return max(
+            self.decision_days,
+            self.post_purchase_days,
+            self.consideration_days,
+            self.at_risk_days,
+            self.quiet_days,
+            self.churn_days,
+            self.next_items_days,
+            *self.purchase_horizons,
+        )
 
 
 DECISION_COLUMNS = ("decision_id", "customer_id", "ts", "action", "propensity")
@@ -92,28 +152,78 @@ def hindsight_labels(
         out[f"purchase_{h}d"] = pa.array(count(purchase, t, t + h * day) > 0)
     active_after = count(activity, t, t + config.churn_days * day) > 0
     out[f"churn_{config.churn_days}d"] = pa.array(~active_after)
-
-    csum_p = prefix_sum(purchase.astype(np.int64))
-    purchases_before = csum_p[at_t] - csum_p[start]
-    recent_purchase = count(purchase, t - config.post_purchase_days * day, t) > 0
-    interest = is_type(EventType.PRODUCT_VIEW, EventType.SEARCH, EventType.ADD_TO_CART)
-    interested = count(interest, t - config.consideration_days * day, t) >= config.consideration_min_events
-    conditions = [
-        count(purchase, t, t + config.decision_days * day) > 0,
-        recent_purchase,
-        (purchases_before > 0) & ~active_after,
-        purchases_before >= config.loyal_min_purchases,
-        interested,
-    ]
-    choices = [Stage.DECISION, Stage.POST_PURCHASE, Stage.AT_RISK, Stage.LOYAL, Stage.CONSIDERATION]
-    stage = np.select(conditions, [STAGES.index(c) for c in choices], default=STAGES.index(Stage.AWARENESS))
-    out["stage"] = pa.DictionaryArray.from_arrays(pa.array(stage, pa.int8()), pa.array(STAGES)).cast(
-        pa.string()
-    )
-
+    # First contact: the customer's first event of any kind; none before the cutoff counts as new.
+    seen = (cust >= 0) & (at_t > start)
+    first_contact = np.where(seen, prep.ts_ms[np.minimum(start, max(prep.n_events - 1, 0))], t)
+    out["stage"] = _stage(prep, t, first_contact, config, count, is_type, purchase, activity)
     out["next_items"] = _next_items(prep, cust, t, t + config.next_items_days * day, purchase, config)
     out.update(_logged_decisions(prep, cust, cutoffs, t, config, decisions, purchase))
     return out
+
+
+def _first_of_day(prep: PreparedEvents, mask: np.ndarray) -> np.ndarray:
+    """Marks the first event of `mask` of each customer-day (UTC): counting them counts days."""
+    idx = np.flatnonzero(mask)
+    days = prep.ts_ms[idx] // MS_PER_DAY
+    first = np.ones(len(idx), dtype=bool)
+    first[1:] = (prep.cust[idx][1:] != prep.cust[idx][:-1]) | (days[1:] != days[:-1])
+    out = np.zeros(len(mask), dtype=bool)
+    out[idx[first]] = True
+    return out
+
+
+def _stage(
+    prep: PreparedEvents,
+    t: np.ndarray,
+    first_contact: np.ndarray,
+    config: LabelConfig,
+    count: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    is_type: Callable[..., np.ndarray],
+    purchase: np.ndarray,
+    activity: np.ndarray,
+) -> pa.Array:
+    """The stage rules of the module doc, first match wins."""
+    day = MS_PER_DAY
+    order = _first_of_day(prep, purchase)
+    active_day = _first_of_day(prep, activity)
+    # Carts and checkouts on a day without an order: purchase intent that did not end in a purchase.
+    day_index = prep.ts_ms // day - prep.base // day  # UTC days since the first event's day: 0, 1, ...
+    cust_day = prep.cust.astype(np.int64) * (prep.span // day + 2) + day_index
+    on_order_day = np.isin(cust_day, cust_day[purchase])
+    open_cart = is_type(EventType.ADD_TO_CART, EventType.CHECKOUT_START) & ~on_order_day
+    interest = is_type(EventType.PRODUCT_VIEW, EventType.SEARCH, EventType.ADD_TO_CART)
+    feedback = is_type(EventType.REVIEW, EventType.SUPPORT_CONTACT)
+
+    def around(mask: np.ndarray, days: int) -> np.ndarray:
+        return count(mask, t - days * day, t + days * day)
+
+    orders_before = count(order, np.full(len(t), np.iinfo(np.int64).min // 2), t)
+    new_contact = first_contact > t - config.awareness_days * day
+
+    post_purchase = count(order, t - config.post_purchase_days * day, t) > 0
+    post_purchase |= (
+        (count(order, t - config.feedback_days * day, t) > 0)
+        & (around(feedback, config.post_purchase_days) > 0)
+        & (count(order, t - config.loyal_days * day, t) <= config.feedback_max_orders)
+    )
+    decision = count(order, t, t + config.decision_days * day) > 0
+    decision |= around(open_cart, config.decision_days) >= config.decision_min_cart_events
+    awareness = (
+        new_contact
+        & (orders_before == 0)
+        & (around(interest, config.consideration_days) < config.consideration_min_events)
+    )
+    at_risk = around(active_day, config.at_risk_days) <= config.at_risk_max_active_days
+    at_risk |= count(active_day, t, t + config.quiet_days * day) <= config.quiet_max_active_days
+    loyal = (count(order, t - config.loyal_days * day, t) >= config.loyal_min_orders) & (
+        count(order, t - config.loyal_recent_days * day, t) > 0
+    )
+    conditions = [post_purchase, decision, awareness, at_risk, loyal]
+    choices = [Stage.POST_PURCHASE, Stage.DECISION, Stage.AWARENESS, Stage.AT_RISK, Stage.LOYAL]
+    stage = np.select(
+        conditions, [STAGES.index(c) for c in choices], default=STAGES.index(Stage.CONSIDERATION)
+    )
+    return pa.DictionaryArray.from_arrays(pa.array(stage, pa.int8()), pa.array(STAGES)).cast(pa.string())
 
 
 def _next_items(

@@ -157,11 +157,17 @@ def train(
         list[str] | None,
         typer.Option("--set", help="Override a setting, e.g. fit.max_epochs=3 (repeatable)."),
     ] = None,
+    force_register: Annotated[
+        bool, typer.Option(help="Register the model even if it fails the gate (tagged as forced).")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show progress.")] = True,
 ) -> None:
-    """Train the sequence model and the baselines, evaluate on the test window, log and register in MLflow.
+    """Train the sequence model and the baselines, evaluate on the test window, log to MLflow, and register
+    the model if it passes the gate (configs/train.yaml, section gate).
 
-    Runs as PyTorch DDP under `torchrun --nproc_per_node N`; only rank 0 logs and registers.
+    Runs as PyTorch DDP under `torchrun --nproc_per_node N`; only rank 0 logs and registers. Exit status 3:
+    the model was trained and logged but failed the gate, so nothing was registered (the alias challenger
+    did not move).
     """
     from training.train import TrainConfig, comparison_markdown
     from training.train import train as run
@@ -171,16 +177,41 @@ def train(
         overrides["features"] = str(features)
     if shop:
         overrides["shop"] = str(shop)
+    if force_register:
+        typer.secho("WARNING: --force-register registers the model even if it fails the gate.",
+                    fg=typer.colors.YELLOW, err=True, bold=True)  # fmt: skip
     try:
         cfg = TrainConfig.load(config, overrides)
-        result = run(cfg, progress=progress)
+        result = run(cfg, progress=progress, force_register=force_register)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    if result.run_id:
-        typer.echo(comparison_markdown(result.results))
+    if not result.run_id:
+        return
+    typer.echo(comparison_markdown(result.results))
+    if result.forced:
+        reasons = "\n".join(f"  - {f}" for f in result.gate_failures)
+        typer.secho(
+            f"\nFORCED: run {result.run_id}; registered journey-scorer version {result.version} (alias "
+            f"challenger) although it failed the gate:\n{reasons}",
+            fg=typer.colors.YELLOW, err=True, bold=True,
+        )  # fmt: skip
+    elif result.refused:
+        typer.secho(
+            f"\nNOT registered: the model of run {result.run_id} failed the gate "
+            f"({len(result.gate_failures)} check(s)); the alias challenger did not move:\n"
+            + "\n".join(f"  - {f}" for f in result.gate_failures)
+            + "\nThe run keeps every metric and the tags gate / gate_reasons. Change the gate in the "
+            "config's gate section, or --force-register to register it anyway.",
+            fg=typer.colors.RED, err=True,
+        )  # fmt: skip
+        raise typer.Exit(code=3)
+    elif result.version:
         typer.echo(
-            f"\nrun {result.run_id}; registered journey-scorer version {result.version} (alias challenger)"
+            f"\nrun {result.run_id}; passed the gate; registered journey-scorer version {result.version} "
+            "(alias challenger)"
         )
+    else:
+        typer.echo(f"\nrun {result.run_id}; not registered (register: false)")
 
 
 @app.command()
@@ -224,21 +255,64 @@ def evaluate(
 @app.command()
 def promote(
     features: Annotated[
-        Path, typer.Option(help="Features build whose test window both models are scored on.")
+        Path,
+        typer.Option(
+            help="Features build whose test window candidate, champion and baselines are scored on."
+        ),
     ],
     candidate: Annotated[str, typer.Option(help="Version number or alias of the candidate.")] = "challenger",
-    tolerance: Annotated[float, typer.Option(help="How much worse a gate metric may be.")] = 0.0,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML train config whose gate section is used (default: the defaults)."),
+    ] = None,
+    floor: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A gate floor, metric=value, e.g. roc_auc=0.6 or stage/macro_f1=majority (repeatable)."
+        ),
+    ] = None,
+    baseline_tolerance: Annotated[
+        float | None, typer.Option(help="How far below the best baseline of its run a gate metric may be.")
+    ] = None,
+    tolerance: Annotated[
+        float | None, typer.Option(help="How far below the champion a gate metric may be.")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Promote even if the gate fails (logged as forced).")] = False,
 ) -> None:
-    """Move the alias `champion` to the candidate only if it is at least as good on the gate metrics."""
+    """Move the alias `champion` to the candidate only if it passes the gate: every gate metric known (no
+    head without labelled rows), above its floor, not below the best baseline of its own run or the
+    champion by more than the tolerances, all on the same test rows.
+
+    Exit status 3: refused. Promoting the version that is already the champion changes nothing (status 0).
+    """
+    from training.registry import parse_floors
+    from training.train import TrainConfig
     from training.train import promote as run
 
+    try:
+        gate = (
+            TrainConfig.load(config)
+            .gate_config()
+            .with_overrides(
+                floors=parse_floors(floor),
+                baseline_tolerance=baseline_tolerance,
+                champion_tolerance=tolerance,
+            )
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
     if force:
-        typer.secho("WARNING: --force promotes the candidate even if it is worse than the champion.",
+        typer.secho("WARNING: --force promotes the candidate even if it fails the gate.",
                     fg=typer.colors.YELLOW, err=True, bold=True)  # fmt: skip
-    decision = run(features, candidate, tolerance=tolerance, force=force)
-    typer.echo(decision.summary())
-    if not decision.promoted:
+    try:
+        decision = run(features, candidate, force=force, gate_config=gate)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    if decision.forced:
+        typer.secho(decision.summary(), fg=typer.colors.YELLOW, bold=True)
+    else:
+        typer.echo(decision.summary())
+    if not decision.promoted and not decision.already_champion:
         raise typer.Exit(code=3)
 
 
@@ -387,11 +461,19 @@ def demo(
     ),
     customers: Annotated[int, typer.Option(help="Customers of the simulated shop.")] = 20_000,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    strict: Annotated[
+        bool, typer.Option(help="Exit with status 3 when the gate refuses the demo's model.")
+    ] = False,
 ) -> None:
-    """Simulate a small shop, build its features and print what was made."""
+    """Simulate a shop, build its features, train, register and promote its model through the gate, and
+    report its campaigns. The demo succeeds when every step ran, whatever the gate decided: a refusal is
+    the gate doing its job, and the output says which head failed and why. `--strict` exits with status 3
+    when the demo's model is not the champion at the end (for pipelines that need a served model)."""
     from journey.demo import run_demo
 
-    run_demo(out, customers=customers, seed=seed, echo=typer.echo)
+    outcome = run_demo(out, customers=customers, seed=seed, echo=typer.echo)
+    if strict and not outcome.ok:
+        raise typer.Exit(code=3)
 
 
 @app.command()

@@ -1,9 +1,14 @@
 """The demo: the main job end to end on the built-in simulator: simulate, build features, train the model
-and the baselines, evaluate, register and promote (the service of a later issue will serve it)."""
+and the baselines, evaluate, register and promote through the gate, then the campaign report.
+
+The gate decides: a model that fails it (below a floor, below the best baseline of its run by more than the
+tolerance, a head without labelled rows) is not registered, or not promoted, and the demo says which head
+and why instead of serving it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -12,7 +17,7 @@ from features.build import BuildConfig, build_features, format_manifest, load_ro
 from features.simulate import SimConfig, format_summary, simulate
 from training.campaign import campaign_results, format_headline, load_decision_log, log_report, write_report
 from training.journey_map import fetch_journey_map
-from training.registry import tracking_uri
+from training.registry import champion_version, tracking_uri
 from training.train import TrainConfig, comparison_markdown, promote, train
 
 DEMO_METRICS = (
@@ -29,6 +34,27 @@ DEMO_METRICS = (
 )
 
 
+@dataclass
+class DemoOutcome:
+    """What the demo's model became.
+
+    Attributes:
+        version: its registered version (None: the gate refused it at training, nothing was registered).
+        promoted: it became the champion.
+        champion: the champion at the end (None: no model to serve).
+        reasons: why the gate refused it, one line each.
+    """
+
+    version: str | None
+    promoted: bool
+    champion: str | None
+    reasons: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.promoted
+
+
 def run_demo(
     out: Path,
     *,
@@ -37,8 +63,9 @@ def run_demo(
     train_rows: int = 40_000,
     epochs: int = 4,
     echo: Callable[[str], None] = print,
-) -> None:
-    """Simulates a shop, builds features, trains, evaluates, registers and promotes, printing each step."""
+) -> DemoOutcome:
+    """Simulates a shop, builds features, trains, evaluates, registers and promotes through the gate,
+    printing each step; says which head failed and why when the gate refuses the model."""
     shop = out / "shop"
     features = out / "features"
     echo(f"== 1/5 simulating a shop of {customers:,} customers -> {shop}")
@@ -70,17 +97,33 @@ def run_demo(
     )
     result = train(config)
     echo(comparison_markdown(result.results, DEMO_METRICS))
-    echo(f"registered journey-scorer version {result.version} (alias challenger), run {result.run_id}")
     if result.run_id is None:
         raise RuntimeError("the training run has no id: nothing was logged to MLflow")
+    reasons = list(result.gate_failures)
+    if result.version is None:
+        echo(
+            f"NOT registered: the model of run {result.run_id} failed the gate (floors, and the best "
+            "baseline of the same run on the same test rows; configs/train.yaml, section gate):"
+        )
+        echo("\n".join(f"  - {r}" for r in reasons))
+    else:
+        echo(f"passed the gate; registered journey-scorer version {result.version} (alias challenger), "
+             f"run {result.run_id}")  # fmt: skip
     page = fetch_journey_map(result.run_id, out)
     echo(f"journey map (stage mix, flows, touchpoints, friction; logged with the run): {page}")
 
     echo(
-        "\n== 4/5 promoting: the gate compares the candidate with the current champion on the same test data"
+        "\n== 4/5 promoting: the gate compares the candidate with its floors, the baselines of its run and "
+        "the current champion, all on the same test data"
     )
-    decision = promote(features, str(result.version))
-    echo(decision.summary())
+    promoted = False
+    if result.version is None:
+        echo("skipped: nothing was registered")
+    else:
+        decision = promote(features, str(result.version))
+        echo(decision.summary())
+        promoted = decision.promoted
+        reasons = list(decision.failures)
 
     echo("\n== 5/5 campaign results of the shop's decision log: rates and lift against the control group")
     log = load_decision_log(shop)
@@ -99,7 +142,27 @@ def run_demo(
         f"/runs/{result.run_id} (the run)\n"
         "and http://127.0.0.1:5000/#/models/journey-scorer (versions and aliases)."
     )
-    echo(
-        "\nServe the champion to e-mail platforms (README, 'The scoring service'):\n"
-        "  JOURNEY_API_KEYS=demo-key .venv/bin/journey serve --port 8000   # then http://127.0.0.1:8000/docs"
-    )
+    champion = champion_version()
+    if promoted:
+        echo(
+            f"\nServe the champion (version {champion}) to e-mail platforms (README, 'The scoring "
+            "service'):\n"
+            "  JOURNEY_API_KEYS=demo-key .venv/bin/journey serve --port 8000   # then http://127.0.0.1:8000/docs"
+        )
+    else:
+        where = "at training: not registered" if result.version is None else "at promotion"
+        echo(f"\nThe demo's model was REFUSED by the gate ({where}), so it is not served:")
+        echo("\n".join(f"  - {r}" for r in reasons))
+        echo(
+            f"The champion is still version {champion} (from an earlier run)."
+            if champion
+            else "There is no champion: `journey serve` has no model to serve."
+        )
+        echo(
+            "To walk through serving with this model anyway (never in production), register and promote it "
+            "by force, which both commands log loudly:\n"
+            f"  .venv/bin/journey train --features {features} --shop {shop} "
+            f"--set fit.max_train_rows={train_rows} --set fit.max_epochs={epochs} --force-register\n"
+            f"  .venv/bin/journey promote --features {features} --candidate challenger --force"
+        )
+    return DemoOutcome(result.version, promoted, champion, reasons)

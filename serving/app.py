@@ -11,8 +11,9 @@ the dependency aliases they use are local to `create_app`.
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import torch
@@ -32,6 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import schemas
 from serving.model import LoadedModel, ModelManager, PeriodicReload
+from serving.scoring import utcnow
 from serving.service import ClientError, CustomerRequest, NotReady, Service, events_frame
 from serving.settings import ServeSettings
 from serving.store import Store, open_store
@@ -207,7 +209,49 @@ def create_app(
     Svc = Annotated[Service, Depends(service)]
     keyed = [Depends(api_key)]
 
-    def _requests(items: list[schemas.ScoreRequest], where: str) -> list[CustomerRequest]:
+    skew = timedelta(seconds=settings.max_clock_skew_s)
+
+    def _time_error(loc: list[Any], msg: str) -> dict[str, Any]:
+        return {"loc": loc, "msg": msg, "type": "outside_clock_tolerance"}
+
+    def _check_now(now: datetime, loc: list[Any], clock: datetime) -> None:
+        """A client's `now` is input, not truth: only near the server's clock (backtests use the library)."""
+        lo, hi = clock - skew, clock + skew
+        if not lo <= now <= hi:
+            raise ClientError(
+                422,
+                [
+                    _time_error(
+                        loc,
+                        f"context.now must be within {settings.max_clock_skew_s:g} s of the server's clock: "
+                        f"between {lo.isoformat()} and {hi.isoformat()} (leave it out for the server's "
+                        "clock)",
+                    )
+                ],
+            )
+
+    def _check_event_times(times: Sequence[datetime], where: str, clock: datetime) -> None:
+        """Events from the future would mislead the rules (consent, sends): none beyond the clock's
+        tolerance; all or nothing, each named by its index."""
+        hi = clock + skew
+        late = [i for i, ts in enumerate(times) if ts > hi]
+        if late:
+            raise ClientError(
+                422,
+                [
+                    _time_error(
+                        [where, i, "ts"],
+                        f"ts must not be later than the server's clock plus "
+                        f"{settings.max_clock_skew_s:g} s ({hi.isoformat()})",
+                    )
+                    for i in late
+                ],
+            )
+
+    def _requests(
+        items: list[schemas.ScoreRequest], where: str, record: bool = True
+    ) -> list[CustomerRequest]:
+        clock = utcnow()
         total = sum(len(r.events) for r in items)
         if total > settings.max_events_per_request:
             raise ClientError(
@@ -217,21 +261,27 @@ def create_app(
         out = []
         for n, r in enumerate(items):
             ctx = r.context or schemas.ScoreContext.model_validate({})
+            at = ["body", "customers", n] if where == "customers" else ["body"]
             if ctx.n_items is not None and ctx.n_items > settings.max_items:
                 raise ClientError(
                     422,
                     [
                         {
-                            "loc": [where, n, "context", "n_items"],
+                            "loc": [*at, "context", "n_items"],
                             "msg": f"at most {settings.max_items} items",
                             "type": "too_many_items",
                         }
                     ],
                 )
+            if ctx.now is not None:
+                _check_now(ctx.now, [*at, "context", "now"], clock)
             loc = f"{where}[{n}].events" if where == "customers" else "events"
+            _check_event_times([e.ts for e in r.events], loc, clock)
             events = events_frame([e.model_dump() for e in r.events], r.customer_id, where=loc)
             channels = {c.value for c in ctx.channels} if ctx.channels is not None else None
-            out.append(CustomerRequest(r.customer_id, events, ctx.now, channels, ctx.n_items))
+            out.append(
+                CustomerRequest(r.customer_id, events, ctx.now, channels, ctx.n_items, record and r.record)
+            )
         return out
 
     @app.post(
@@ -242,7 +292,8 @@ def create_app(
         tags=["scoring"],
     )
     def score(body: schemas.ScoreRequest, svc: Svc) -> dict[str, Any]:
-        """Stage, propensities, the next best action (recorded as a decision) and recommendations."""
+        """Stage, propensities, the next best action (recorded as a decision, unless `record` is false)
+        and recommendations."""
         return svc.score(_requests([body], "body"))[0]
 
     @app.post(
@@ -258,7 +309,7 @@ def create_app(
             raise ClientError(
                 413, f"batch of {len(body.customers):,} customers above the limit of {settings.max_batch:,}"
             )
-        return {"results": svc.score(_requests(body.customers, "customers"))}
+        return {"results": svc.score(_requests(body.customers, "customers", body.record))}
 
     @app.post(
         "/v1/events",
@@ -288,6 +339,7 @@ def create_app(
                     for i in missing
                 ],
             )
+        _check_event_times([e.ts for e in body.events], "events", utcnow())
         frame = events_frame([e.model_dump() for e in body.events], where="events")
         result = svc.add_events(frame)
         return {"accepted": result.accepted, "duplicates": result.duplicates}
@@ -301,6 +353,16 @@ def create_app(
     )
     def feedback(body: schemas.FeedbackRequest, svc: Svc) -> dict[str, Any]:
         """Records an outcome of a decision (delivered, opened, clicked, purchased, unsubscribed)."""
+        if body.ts is not None and body.ts > utcnow() + skew:
+            raise ClientError(
+                422,
+                [
+                    _time_error(
+                        ["body", "ts"],
+                        f"ts must not be later than the server's clock plus {settings.max_clock_skew_s:g} s",
+                    )
+                ],
+            )
         added = svc.feedback(
             body.decision_id, body.outcome, body.ts, body.revenue, body.item_id, body.quantity
         )

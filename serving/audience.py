@@ -1,9 +1,12 @@
 """Audience export (`journey score-audience`): every customer of an events dataset (or a segment of them)
 scored and decided in one pass, to a file an e-mail platform imports before a campaign.
 
-It is the service's own scoring, in process: `Service.score` over chunks of customers, so an exported
-audience gets the same stage, rules, exploration, control group and recorded decisions (with ids, for the
-outcomes that come back through `POST /v1/feedback`) as a customer scored through the API.
+It is the service's own scoring, in process: `Service.score_table` over chunks of customers, so an
+exported audience gets the same stage, rules, exploration, control group and recorded decisions (with ids,
+for the outcomes that come back through `POST /v1/feedback`) as a customer scored through the API: each
+decision is committed with the same rules (consent, caps, gap, cooldowns, quiet hours), atomically, so an
+export and the API (or two exports) never send one customer more than they allow. `now` is free here
+(backtests), unlike the API's `context.now`.
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ def score_audience(
         for action, count in frame["action"].value_counts().items():
             actions[str(action)] = actions.get(str(action), 0) + int(count)
         if out.suffix == ".parquet":
-            table = pa.Table.from_pandas(frame, preserve_index=False)
+            table = _text_columns(pa.Table.from_pandas(frame, preserve_index=False))
             writer = writer or pq.ParquetWriter(out, table.schema)
             writer.write_table(table)
         else:
@@ -150,6 +153,16 @@ def score_audience(
         _no_customers().to_parquet(out, index=False)
     seconds = time.perf_counter() - started
     return AudienceSummary(done, seconds, out, actions)
+
+
+def _text_columns(table: pa.Table) -> pa.Table:
+    """The table with its text columns typed as text even when a chunk holds none (a chunk where nobody
+    gets an e-mail has no channel): every chunk then has the schema the file was opened with."""
+    for name in ("channel", "decision_id"):
+        i = table.schema.get_field_index(name)
+        if i >= 0 and pa.types.is_null(table.schema.field(i).type):
+            table = table.set_column(i, pa.field(name, pa.string()), table.column(i).cast(pa.string()))
+    return table
 
 
 def _no_customers() -> pd.DataFrame:

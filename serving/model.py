@@ -1,9 +1,18 @@
 """The served model: loaded from the registry by alias, smoke-tested before it answers, swapped when the
 alias moves, and kept when its successor is broken.
 
-A replica never serves a model it has not seen answer: a candidate is loaded, asked to score a small
-synthetic customer, and checked (finite probabilities that sum to one, items from its catalogue). Only
-then does it replace the old one, under a lock, so that a request sees one model from start to end.
+A replica never serves a model it has not seen answer. A candidate is loaded and checked before it
+replaces the old one (under a lock, so that a request sees one model from start to end):
+
+* every parameter and buffer of the network is finite, and so is each item's embedding (a model with one
+  NaN item row answers most requests with NaN, which the API cannot serialise);
+* it scores a real sample of customers: the online store's (when the manager is given a callable that
+  returns sample events), the model's input example, a customer without events, and synthetic customers
+  whose histories together cover every item of the vocabulary, in batches;
+* every answer is finite and normalised: stage probabilities that sum to one, propensities and action
+  outcomes in [0, 1], recommended items from the catalogue with finite probabilities.
+
+A refused version is remembered: the manager does not download it again until the alias moves.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,19 +28,36 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import torch
 from mlflow import MlflowClient
+from torch import nn
 
 from features.encoder import EncoderConfig
-from features.schema import EVENT_COLUMNS, STAGES
+from features.schema import ACTIONS, EVENT_COLUMNS, STAGES
 from features.vocab import FIRST
+from training.interface import Predictions
 from training.registry import JourneyPyfunc
 from training.sequence import SequenceScorer
 
 log = logging.getLogger(__name__)
 
+# Customers scored per pass of the smoke test.
+SMOKE_BATCH = 256
+# A callable that returns a sample of real events (event contract columns), e.g. from the online store.
+SampleEvents = Callable[[], pd.DataFrame]
+
 
 class ModelRefused(RuntimeError):
-    """A registered model that could not be loaded or did not pass the smoke request."""
+    """A registered model that could not be loaded or did not pass the smoke test.
+
+    Attributes:
+        permanent: the version itself is broken (it failed the smoke test): loading it again gives the same
+            answer. False for failures that may pass on a retry (the registry or the download failed).
+    """
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 @dataclass
@@ -44,6 +70,7 @@ class LoadedModel:
     run_id: str | None
     loaded_at: datetime
     pyfunc: JourneyPyfunc
+    input_example: pd.DataFrame | None = None
 
     @property
     def scorer(self) -> SequenceScorer:
@@ -63,11 +90,17 @@ class LoadedModel:
         return len(self.items) - FIRST
 
 
-def load_version(name: str, version: str, alias: str) -> LoadedModel:
+def load_version(
+    name: str, version: str, alias: str, sample_events: SampleEvents | None = None
+) -> LoadedModel:
     """Loads one registered version and smoke-tests it.
 
+    Args:
+        sample_events: returns real events to score in the smoke test (e.g. recent customers of the
+            online store); the input example and synthetic customers are scored in any case.
+
     Raises:
-        ModelRefused: loading failed, or the model's answer to the smoke request is not usable.
+        ModelRefused: loading failed (`permanent` False), or the smoke test refused it (`permanent` True).
     """
     try:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
@@ -76,10 +109,22 @@ def load_version(name: str, version: str, alias: str) -> LoadedModel:
     except Exception as err:  # any failure to load refuses the candidate; the old model keeps serving
         raise ModelRefused(f"{name} version {version}: could not load: {type(err).__name__}: {err}") from err
     if not isinstance(pyfunc, JourneyPyfunc):
-        raise ModelRefused(f"{name} version {version}: not a journey scorer ({type(pyfunc).__name__})")
-    loaded = LoadedModel(name, version, alias, run_id, datetime.now(UTC), pyfunc)
-    smoke_test(loaded)
+        raise ModelRefused(
+            f"{name} version {version}: not a journey scorer ({type(pyfunc).__name__})", permanent=True
+        )
+    loaded = LoadedModel(name, version, alias, run_id, datetime.now(UTC), pyfunc, _input_example(model))
+    smoke_test(loaded, sample_events=sample_events)
     return loaded
+
+
+def _input_example(model: Any) -> pd.DataFrame | None:
+    """The events the model was logged with as its input example, if they can be read."""
+    try:
+        example = model.input_example
+    except Exception:  # an example that cannot be read is not a reason to refuse the model
+        log.warning("the model's input example could not be read", exc_info=True)
+        return None
+    return example if isinstance(example, pd.DataFrame) and len(example) else None
 
 
 def smoke_events(model: LoadedModel, now: datetime) -> pd.DataFrame:
@@ -90,79 +135,226 @@ def smoke_events(model: LoadedModel, now: datetime) -> pd.DataFrame:
         ("product_view", item, now - timedelta(hours=2)),
         ("add_to_cart", item, now - timedelta(hours=1)),
     ]
+    return _frame(
+        ["__smoke__"] * len(rows), [t for _, _, t in rows], [e for e, _, _ in rows], [i for _, i, _ in rows]
+    )
+
+
+def catalogue_events(model: LoadedModel, now: datetime) -> pd.DataFrame:
+    """Synthetic customers whose histories together hold every item of the vocabulary once.
+
+    Each customer views `max_len` items (the last one carted), one a minute up to an hour before `now`, so
+    every item's embedding goes through the encoder and the repeat head of some customer.
+    """
+    items = [str(i) for i in model.items[FIRST:]]
+    per = max(1, model.encoder_config.max_len)
+    customers, ts, types, ids = [], [], [], []
+    for c, lo in enumerate(range(0, len(items), per)):
+        chunk = items[lo : lo + per]
+        for j, item in enumerate(chunk):
+            customers.append(f"__smoke_catalogue_{c}__")
+            ts.append(now - timedelta(hours=1) + timedelta(minutes=j * 50 / per))
+            types.append("add_to_cart" if j == len(chunk) - 1 else "product_view")
+            ids.append(item)
+    return _frame(customers, ts, types, ids)
+
+
+def _frame(
+    customers: Sequence[str], ts: Sequence[datetime], types: Sequence[str], items: Sequence[str | None]
+) -> pd.DataFrame:
     frame = pd.DataFrame(
         {
-            "customer_id": "__smoke__",
-            "ts": pd.to_datetime([t for _, _, t in rows], utc=True),
-            "event_type": [e for e, _, _ in rows],
+            "customer_id": pd.Series(customers, dtype=object),
+            "ts": pd.to_datetime(pd.Series(ts), utc=True).astype("datetime64[us, UTC]"),
+            "event_type": pd.Series(types, dtype=object),
             "channel": "web",
-            "item_id": [i for _, i, _ in rows],
+            "item_id": pd.Series(list(items), dtype=object),
         }
     )
     for column in EVENT_COLUMNS:
         if column not in frame:
-            frame[column] = None
+            frame[column] = np.nan if column in ("value", "quantity") else None
     return frame[list(EVENT_COLUMNS)]
 
 
-def smoke_test(model: LoadedModel) -> None:
-    """Scores the smoke customer and checks the answer.
+def _as_events(frame: pd.DataFrame) -> pd.DataFrame:
+    """Events from the store or an input example in the encoder's form (UTC times, object columns)."""
+    out = frame.copy()
+    for column in EVENT_COLUMNS:
+        if column not in out:
+            out[column] = np.nan if column in ("value", "quantity") else None
+    out["ts"] = pd.to_datetime(out["ts"], utc=True, format="ISO8601").astype("datetime64[us, UTC]")
+    for column in EVENT_COLUMNS:
+        if column not in ("ts", "value", "quantity"):
+            out[column] = out[column].astype(object).where(out[column].notna(), None)
+    out["customer_id"] = out["customer_id"].astype(str)
+    return out[list(EVENT_COLUMNS)]
+
+
+def weight_problems(model: LoadedModel) -> list[str]:
+    """Non-finite parameters, buffers, item embeddings or calibration temperatures of the network."""
+    problems = []
+    net = model.scorer.model_
+    for kind, named in (("parameter", net.named_parameters()), ("buffer", net.named_buffers())):
+        for name, tensor in named:
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                count = int((~torch.isfinite(tensor)).sum())
+                problems.append(f"{kind} {name} has {count:,} non-finite value(s) of {tensor.numel():,}")
+    item_embedding: nn.Embedding = net.embed["item_id"]  # type: ignore[assignment]
+    embedding = item_embedding.weight.detach()
+    rows = ~torch.isfinite(embedding[FIRST:]).all(dim=1)
+    if bool(rows.any()):
+        bad = np.flatnonzero(rows.numpy()) + FIRST
+        names = ", ".join(str(model.items[i]) for i in bad[:3] if i < len(model.items))
+        problems.append(
+            f"item embeddings not finite for {len(bad):,} of {embedding.shape[0] - FIRST:,} items "
+            f"(e.g. {names})"
+        )
+    cal = model.scorer.calibration_
+    temps = [cal.stage, cal.action, *cal.propensity]
+    if not all(np.isfinite(t) and t > 0 for t in temps):
+        problems.append(f"calibration temperatures not finite and positive: {temps}")
+    return problems
+
+
+def answer_problems(pred: Predictions, n: int, n_items: int, what: str) -> list[str]:
+    """What is wrong with a model's answer for `n` customers (empty: nothing)."""
+    problems = []
+
+    def rows_bad(values: np.ndarray, *, lo: float = 0.0, hi: float = 1.0) -> int:
+        ok = np.isfinite(values) & (values >= lo) & (values <= hi)
+        return int((~ok.reshape(len(values), -1).all(axis=1)).sum())
+
+    stage = pred.stage_proba
+    if stage is None or stage.shape != (n, len(STAGES)):
+        problems.append(f"stage probabilities missing or of the wrong shape for {what}")
+    else:
+        bad = rows_bad(stage)
+        if bad:
+            problems.append(f"stage probabilities not finite or outside [0, 1] for {bad} of {n} {what}")
+        else:
+            off = int((np.abs(stage.sum(axis=1) - 1.0) > 1e-3).sum())
+            if off:
+                problems.append(f"stage probabilities do not sum to 1 for {off} of {n} {what}")
+    for name, p in pred.propensity.items():
+        p = np.asarray(p)
+        if p.shape[0] != n or rows_bad(p):
+            problems.append(f"propensity {name} not a probability for {rows_bad(p)} of {n} {what}")
+    outcome = pred.action_outcome
+    if outcome is None or outcome.shape != (n, len(ACTIONS)):
+        problems.append(f"action outcomes missing or of the wrong shape for {what}")
+    elif rows_bad(outcome):
+        problems.append(f"action outcomes not finite or outside [0, 1] for {rows_bad(outcome)} of {n} {what}")
+    top = pred.top_items
+    if top is None or top.shape[0] != n or ((top < FIRST) | (top >= n_items)).any():
+        problems.append(f"recommended items outside the catalogue for {what}")
+    scores = pred.top_scores
+    if scores is None or scores.shape[0] != n:
+        problems.append(f"recommendation scores missing for {what}")
+    else:
+        bad = rows_bad(scores)
+        if bad:
+            problems.append(f"recommendation scores not finite or outside [0, 1] for {bad} of {n} {what}")
+        elif (scores.sum(axis=1) > 1.0 + 1e-3).any():
+            problems.append(f"recommendation probabilities sum above 1 for {what}")
+    return problems
+
+
+def smoke_samples(
+    model: LoadedModel, now: datetime, sample_events: SampleEvents | None = None
+) -> Iterator[tuple[str, pd.DataFrame, np.ndarray]]:
+    """(what, events, customer ids) of each sample the smoke test scores."""
+    if sample_events is not None:
+        try:
+            sample = sample_events()
+        except Exception:  # the store's trouble is not the model's: the other samples still run
+            log.warning("no sample of the online store's customers for the smoke test", exc_info=True)
+        else:
+            if sample is not None and len(sample):
+                events = _as_events(sample)
+                yield "customers of the online store", events, np.unique(events["customer_id"].to_numpy())
+    if model.input_example is not None:
+        try:
+            events = _as_events(model.input_example)
+        except Exception:
+            log.warning("the model's input example is not in the event contract's form", exc_info=True)
+        else:
+            yield "customers of the input example", events, np.unique(events["customer_id"].to_numpy())
+    events = pd.concat([smoke_events(model, now), catalogue_events(model, now)], ignore_index=True)
+    ids = np.concatenate([["__smoke_cold_start__"], pd.unique(events["customer_id"])]).astype(object)
+    yield "synthetic customers (cold start and the whole catalogue)", events, ids
+
+
+def smoke_test(
+    model: LoadedModel, sample_events: SampleEvents | None = None, batch: int = SMOKE_BATCH
+) -> None:
+    """Checks the weights, then scores the smoke samples in batches and checks every answer.
 
     Raises:
-        ModelRefused: an error, or probabilities that are not finite and normalised.
+        ModelRefused (permanent): non-finite weights, an error, or an answer that is not finite and
+            normalised; the message names every problem found.
     """
     from serving.scoring import predict_customers  # the scoring code the routes use
 
+    problems = weight_problems(model)
     now = datetime.now(UTC)
-    try:
-        pred = predict_customers(model, smoke_events(model, now), np.array(["__smoke__"]), [now], k=3)
-    except Exception as err:
-        raise ModelRefused(
-            f"version {model.version}: the smoke request failed: {type(err).__name__}: {err}"
-        ) from err
-    problems = []
-    stage = pred.stage_proba
-    if stage is None or stage.shape != (1, len(STAGES)) or not np.isfinite(stage).all():
-        problems.append("stage probabilities missing or not finite")
-    elif abs(float(stage.sum()) - 1.0) > 1e-3:
-        problems.append(f"stage probabilities sum to {float(stage.sum()):.4f}")
-    for name, p in pred.propensity.items():
-        if not (np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()):
-            problems.append(f"propensity {name} not a probability")
-    outcome = pred.action_outcome
-    if outcome is None or not np.isfinite(outcome).all():
-        problems.append("action outcomes missing or not finite")
-    top = pred.top_items
-    if top is None or top.shape[0] != 1 or (top < FIRST).any() or (top >= len(model.items)).any():
-        problems.append("recommended items outside the catalogue")
+    scored = 0
+    for what, events, ids in smoke_samples(model, now, sample_events):
+        by_customer = events.groupby("customer_id", sort=False).indices
+        for lo in range(0, len(ids), batch):
+            chunk = ids[lo : lo + batch]
+            rows = [by_customer[c] for c in chunk if c in by_customer]
+            part = events.iloc[np.concatenate(rows)] if rows else events.iloc[:0]
+            try:
+                pred = predict_customers(model, part, chunk, [now] * len(chunk), k=10)
+            except Exception as err:
+                problems.append(f"scoring {what} failed: {type(err).__name__}: {err}")
+                break
+            found = answer_problems(pred, len(chunk), len(model.items), what)
+            scored += len(chunk)
+            if found:
+                problems.extend(found)
+                break  # one batch says enough about this sample
     if problems:
         raise ModelRefused(
-            f"version {model.version}: the smoke request's answer is unusable: " + "; ".join(problems)
+            f"version {model.version}: the smoke test refused it: " + "; ".join(problems), permanent=True
         )
+    log.info("version %s passed the smoke test (%d customers scored)", model.version, scored)
 
 
 @dataclass
 class ReloadStatus:
-    """What the last check of the alias found."""
+    """What the last check of the alias found.
+
+    Attributes:
+        refused_version: the version the alias points at that the smoke test refused (not loaded again
+            until the alias moves), None when the alias's version is served.
+        refused_error: why it was refused.
+    """
 
     checked_at: datetime | None = None
     error: str | None = None
     refused_version: str | None = None
+    refused_error: str | None = None
 
 
 @dataclass
 class ModelManager:
     """Holds the served model and moves it when the registry's alias moves.
 
-    `loader` is `load_version` (tests pass a wrapper to break a model on purpose).
+    `loader` is `load_version` (tests pass a wrapper to break a model on purpose); `sample_events`, when
+    given, returns real events (e.g. recent customers of the online store) that the default loader's smoke
+    test scores besides its own samples. A version the smoke test refused is remembered: `reload` does not
+    load it again while the alias stays on it, and reports the remembered refusal.
     """
 
     name: str
     alias: str
-    loader: Callable[[str, str, str], LoadedModel] = load_version
+    loader: Callable[..., LoadedModel] | None = None
     current: LoadedModel | None = None
     status: ReloadStatus = field(default_factory=ReloadStatus)
     on_change: Callable[[LoadedModel], None] | None = None
+    sample_events: SampleEvents | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def alias_version(self) -> str:
@@ -176,6 +368,11 @@ class ModelManager:
         except Exception as err:
             raise ModelRefused(f"{self.name}@{self.alias}: {type(err).__name__}: {err}") from err
 
+    def _load(self, version: str) -> LoadedModel:
+        if self.loader is not None:
+            return self.loader(self.name, version, self.alias)
+        return load_version(self.name, version, self.alias, sample_events=self.sample_events)
+
     def reload(self) -> dict[str, Any]:
         """Loads the alias's version if it differs from the served one; keeps the old one on failure.
 
@@ -184,15 +381,25 @@ class ModelManager:
         with self._lock:
             previous = self.current.version if self.current else None
             self.status.checked_at = datetime.now(UTC)
+            version: str | None = None
             try:
                 version = self.alias_version()
                 if version == previous:
                     self.status.error = None
+                    self.status.refused_version = self.status.refused_error = None
                     return {"changed": False, "version": version, "previous": previous, "error": None}
+                if version == self.status.refused_version:
+                    # Refused before, and the alias has not moved since: not downloaded again.
+                    self.status.error = f"{self.status.refused_error} (refused earlier; not loaded again "
+                    self.status.error += "until the alias moves)"
+                    return {"changed": False, "version": previous, "previous": previous,
+                            "error": self.status.error}  # fmt: skip
                 started = time.perf_counter()
-                loaded = self.loader(self.name, version, self.alias)
+                loaded = self._load(version)
             except ModelRefused as err:
                 self.status.error = str(err)
+                if err.permanent and version is not None:
+                    self.status.refused_version, self.status.refused_error = version, str(err)
                 log.error(
                     "model reload refused, %s: %s",
                     "keeping version " + previous if previous else "no model",
@@ -201,7 +408,7 @@ class ModelManager:
                 return {"changed": False, "version": previous, "previous": previous, "error": str(err)}
             self.current = loaded
             self.status.error = None
-            self.status.refused_version = None
+            self.status.refused_version = self.status.refused_error = None
             log.info(
                 "serving %s version %s (%s; loaded in %.1f s)",
                 self.name,

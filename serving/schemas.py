@@ -81,15 +81,30 @@ class EventIn(_Body):
 
 
 class ScoreContext(_Body):
-    now: Time | None = Field(None, description="Scoring time; default the server's clock.")
+    now: Time | None = Field(
+        None,
+        description="Scoring time; default the server's clock. Accepted only within `max_clock_skew_s` "
+        "of the server's clock (a 422 names the allowed range).",
+    )
     channels: list[Channel] | None = Field(None, description="Channels the platform may use now.")
     n_items: int | None = Field(None, ge=1, le=1_000, description="Recommendations to return.")
 
 
+_RECORD = (
+    "Record the decision (default). false: a preview that answers the same way but records nothing: no "
+    "decision, no send (it counts against no cap, gap or cooldown), and `decision_id` is null."
+)
+
+
 class ScoreRequest(_Body):
     customer_id: Id
-    events: list[EventIn] = Field(default_factory=list, description="Inline events, merged with the stored.")
+    events: list[EventIn] = Field(
+        default_factory=list,
+        description="Inline events, merged with the stored (not stored themselves); none may be stamped "
+        "beyond the server's clock plus `max_clock_skew_s`.",
+    )
     context: ScoreContext | None = None
+    record: bool = Field(True, description=_RECORD)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -109,10 +124,13 @@ class ScoreRequest(_Body):
 
 class BatchScoreRequest(_Body):
     customers: list[ScoreRequest] = Field(min_length=1)
+    record: bool = Field(True, description=_RECORD + " Applies to every customer of the batch.")
 
 
 class EventsRequest(_Body):
-    events: list[EventIn] = Field(min_length=1)
+    events: list[EventIn] = Field(
+        min_length=1, description="None may be stamped beyond the server's clock plus `max_clock_skew_s`."
+    )
 
 
 class FeedbackRequest(_Body):
@@ -155,7 +173,10 @@ class NextBestAction(BaseModel):
     channel: str | None
     expected_uplift: float
     propensity: float = Field(description="Probability with which the policy chose this action.")
-    decision_id: str
+    decision_id: str | None = Field(
+        description="Id of the recorded decision (for `POST /v1/feedback`); null for a preview "
+        "(`record: false`), which recorded nothing."
+    )
     control_group: bool
     explored: bool
     ranked: list[RankedAction]

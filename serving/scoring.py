@@ -21,15 +21,24 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
 import numpy as np
 import pandas as pd
 
 from features.encoder import AGGREGATE_NAMES, EncodedBatch, encode
 from features.policy import NO_SEND, eligibility, greedy_policy
-from features.schema import ACTIONS, EVENT_COLUMNS, STAGES, Action
+from features.schema import (
+    ACTIONS,
+    EVENT_COLUMNS,
+    MESSAGE_ACTIONS,
+    SENT_MESSAGE_EVENTS,
+    STAGES,
+    Action,
+    EventType,
+)
 from serving.model import LoadedModel
 from serving.settings import ServeSettings
 from serving.store import Decision, SendState
@@ -151,38 +160,152 @@ def in_control_group(customer_ids: Sequence[str], share: float, salt: str) -> np
     return out
 
 
+_CONSENT_VALUE = {EventType.NEWSLETTER_SIGNUP.value: 1.0, EventType.EMAIL_UNSUBSCRIBE.value: 0.0}
+
+
+@dataclass
+class InlineState:
+    """What a request's own events say that the rules read: the newest consent event and the last send
+    of each action, per customer.
+
+    Attributes:
+        consent: customer -> (1.0 subscribed / 0.0 unsubscribed, when), the newest consent event (at the
+            same time, the unsubscription).
+        last_send: customer -> action -> the last send of it at or before the customer's time.
+    """
+
+    consent: dict[str, tuple[float, datetime]] = field(default_factory=dict)
+    last_send: dict[str, dict[str, datetime]] = field(default_factory=dict)
+
+
+def _newer(a: tuple[float, datetime], b: tuple[float, datetime] | None) -> bool:
+    """Whether consent `a` wins over `b`: the later event, and at the same time the unsubscription."""
+    return b is None or (a[1], -a[0]) > (b[1], -b[0])
+
+
+def inline_state(
+    inline: pd.DataFrame | None, extra: pd.DataFrame | None, now: dict[str, datetime]
+) -> InlineState:
+    """The consent and sends of events not (yet) in the store.
+
+    Args:
+        inline: the requests' inline events: every consent event counts (the platform tells what the
+            customer said, even stamped a little after the scoring time); sends count at or before now.
+        extra: events read in bulk (the audience export's events file): only what happened before the
+            customer's time counts, as in the encoder (a backtest must not see the future).
+        now: each customer's scoring time.
+    """
+    out = InlineState()
+    for frame, past_only in ((inline, False), (extra, True)):
+        if frame is None or frame.empty:
+            continue
+        kinds = frame["event_type"].to_numpy(dtype=object)
+        is_consent = np.isin(kinds, list(_CONSENT_VALUE))
+        is_send = np.isin(kinds, list(SENT_MESSAGE_EVENTS)) & np.isin(
+            frame["message_type"].to_numpy(dtype=object), list(MESSAGE_ACTIONS)
+        )
+        if not (is_consent.any() or is_send.any()):
+            continue
+        customers = frame["customer_id"].to_numpy(dtype=object)
+        when = pd.DatetimeIndex(frame["ts"]).tz_convert("UTC")
+        for j in np.flatnonzero(is_consent):
+            customer, t = customers[j], when[int(j)].to_pydatetime()
+            if customer not in now or (past_only and t >= now[customer]):
+                continue
+            evidence = (_CONSENT_VALUE[kinds[j]], t)
+            if _newer(evidence, out.consent.get(customer)):
+                out.consent[customer] = evidence
+        rows = np.flatnonzero(is_send)
+        if len(rows):
+            sends = pd.DataFrame(
+                {
+                    "customer_id": customers[rows],
+                    "action": frame["message_type"].to_numpy(dtype=object)[rows],
+                    "ts": when[rows],
+                }
+            )
+            limit = sends["customer_id"].map(lambda c: pd.Timestamp(now[c]) if c in now else pd.NaT)
+            sends = sends[sends["ts"] <= limit]
+            latest = sends.groupby(["customer_id", "action"])["ts"].max()
+            for key, ts in latest.items():
+                customer, sent_action = cast(tuple[str, str], key)
+                kept = out.last_send.setdefault(str(customer), {})
+                at = pd.Timestamp(ts).to_pydatetime()
+                if str(sent_action) not in kept or at > kept[str(sent_action)]:
+                    kept[str(sent_action)] = at
+    return out
+
+
 @dataclass
 class RuleInputs:
-    """The aggregates the rules read, with the online store's state laid over the events' view."""
+    """The aggregates the rules read, with the online store's state laid over the events' view.
+
+    Attributes:
+        aggregates: the encoder's aggregates, with consent, sends and the time since the last e-mail
+            taken from the store (and the request's own events) where they know more.
+        days_since_action: action -> (n,) days since that action was last sent (NaN: never).
+        consent_ts: per row, the time of the consent evidence the rules read (None: none), which the
+            store checks again when the decision is committed.
+    """
 
     aggregates: dict[str, np.ndarray]
     days_since_action: dict[str, np.ndarray]
+    consent_ts: list[datetime | None]
 
 
-def rule_inputs(scored: Scored, states: dict[str, SendState]) -> RuleInputs:
-    """Consent, sends in 7 / 28 days and last send per action, from the store where it knows more.
+def rule_inputs(
+    scored: Scored, states: dict[str, SendState], inline: InlineState | None = None
+) -> RuleInputs:
+    """Consent, sends in 7 / 28 days, the time since the last send and per action, from the store where it
+    knows more.
 
     The store keeps consent and the send log beyond the last L events, and counts the decisions of
     every replica; the events seen by the encoder may include inline ones the store does not have yet.
-    Sends: the larger of the two counts. Consent: the store's, unless it is unknown there.
+
+    - Consent: the newest consent event by time wins, the store's or the request's own (at the same time,
+      the unsubscription); the encoder's view where neither knows.
+    - Sends in 7 / 28 days: the larger of the two counts.
+    - Time since the last marketing send (the minimum gap reads it as `days_since_last_email`) and since
+      the last send of each action (cooldowns): the most recent of the store's send log, the request's
+      own sends and (for the gap) the encoder's view.
     """
+    inline = inline or InlineState()
     agg = {
         name: np.asarray(scored.batch.aggregates[name], dtype=np.float64).copy() for name in AGGREGATE_NAMES
     }
     ids = scored.customer_ids
-    store_consent = np.array([states[c].consent for c in ids], dtype=np.float64)
-    agg["email_consent"] = np.where(store_consent >= 0, store_consent, agg["email_consent"])
+    n = len(ids)
+    consent_ts: list[datetime | None] = []
+    when: datetime | None
+    for i, c in enumerate(ids):
+        state, own = states[c], inline.consent.get(c)
+        stored_at = state.consent_ts
+        if own is not None and (
+            state.consent < 0 or stored_at is None or _newer(own, (state.consent, stored_at))
+        ):
+            value, when = own[0], own[1]
+        elif state.consent >= 0:
+            value, when = state.consent, stored_at
+        else:
+            consent_ts.append(None)
+            continue
+        agg["email_consent"][i] = value
+        consent_ts.append(when)
     agg["emails_received_7d"] = np.maximum(agg["emails_received_7d"], [states[c].sends_7d for c in ids])
     agg["emails_received_28d"] = np.maximum(agg["emails_received_28d"], [states[c].sends_28d for c in ids])
     days: dict[str, np.ndarray] = {}
+    last_any = np.full(n, np.nan)
     for action in ACTIONS:
-        col = np.full(len(ids), np.nan)
+        col = np.full(n, np.nan)
         for i, c in enumerate(ids):
-            last = states[c].last_send.get(action)
+            known = (states[c].last_send.get(action), inline.last_send.get(c, {}).get(action))
+            last = max((t for t in known if t is not None), default=None)
             if last is not None:
                 col[i] = (scored.now[i] - last).total_seconds() / 86_400
         days[action] = col
-    return RuleInputs(agg, days)
+        last_any = np.fmin(last_any, col)
+    agg["days_since_last_email"] = np.fmin(agg["days_since_last_email"], last_any)
+    return RuleInputs(agg, days, consent_ts)
 
 
 @dataclass
@@ -240,7 +363,7 @@ def blocked_matrix(
     scored: Scored, rules_in: RuleInputs, settings: ServeSettings, channels: Sequence[set[str] | None]
 ) -> tuple[np.ndarray, np.ndarray]:
     """(allowed, blocked_by) per customer and action: the business rules, then the request's channels."""
-    elig = eligibility(rules_in.aggregates, settings.rules, rules_in.days_since_action)
+    elig = eligibility(rules_in.aggregates, settings.rules, rules_in.days_since_action, now=scored.now)
     allowed, blocked_by = elig.allowed.copy(), elig.blocked_by.copy()
     messages = np.array([a != Action.NO_SEND for a in ACTIONS])
     for i, allowed_channels in enumerate(channels):
@@ -324,6 +447,7 @@ def make_decision(
     stage: str,
     uplift: float,
     detail: dict,
+    consent_ts: datetime | None = None,
 ) -> Decision:
     return Decision(
         decision_id=new_decision_id(),
@@ -338,6 +462,7 @@ def make_decision(
         stage=stage,
         expected_uplift=float(uplift),
         detail=detail,
+        consent_ts=consent_ts,
     )
 
 

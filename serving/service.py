@@ -16,14 +16,17 @@ import numpy as np
 import pandas as pd
 
 from features.policy import NO_SEND
-from features.schema import ACTIONS, EVENT_COLUMNS, STAGES, Action, EventType
+from features.schema import ACTIONS, EVENT_COLUMNS, MESSAGE_ACTIONS, STAGES, Action, EventType
 from features.validate import validate_events
 from serving.model import LoadedModel, ModelManager
 from serving.scoring import (
+    Choice,
+    RuleInputs,
     Scored,
     blocked_matrix,
     choose,
     default_now,
+    inline_state,
     inputs_digests,
     make_decision,
     merge_events,
@@ -33,7 +36,7 @@ from serving.scoring import (
     utcnow,
 )
 from serving.settings import ServeSettings
-from serving.store import AppendResult, Decision, Outcome, SendState, Store
+from serving.store import AppendResult, CommitResult, Decision, Outcome, SendState, Store
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +56,38 @@ class NotReady(RuntimeError):
 
 @dataclass
 class CustomerRequest:
-    """One customer to score: inline events (validated), the time, the channels and how many items."""
+    """One customer to score: inline events (validated), the time, the channels, how many items, and
+    whether to record the decision (False: a preview that changes nothing in the store)."""
 
     customer_id: str
     events: pd.DataFrame
     now: datetime | None = None
     channels: set[str] | None = None
     n_items: int | None = None
+    record: bool = True
+
+
+_MESSAGE_CELLS = [j for j, a in enumerate(ACTIONS) if a in MESSAGE_ACTIONS]
+
+
+# The order in which `features.policy.eligibility` applies the rules the store checks again; the first
+# rule that blocks an action is the one an answer names.
+_STORE_RULES = ("consent", "quiet_hours", "frequency_cap_7d", "frequency_cap_28d", "min_gap")
+
+
+def rule_rank(rule: str) -> int:
+    """Where a rule stands in that order (cooldowns next, eligibility and channel rules last)."""
+    if rule in _STORE_RULES:
+        return _STORE_RULES.index(rule)
+    return len(_STORE_RULES) + (0 if rule.startswith("cooldown_") else 1)
+
+
+def refused_cells(rule: str | None, action: str) -> list[int]:
+    """The actions (indices into ACTIONS) a refusal of the store rules out: a cooldown only its own
+    action, every other rule every message."""
+    if rule is not None and rule.startswith("cooldown_"):
+        return [ACTIONS.index(action)]
+    return list(_MESSAGE_CELLS)
 
 
 def events_frame(
@@ -124,7 +152,8 @@ class _Decided:
     uplift: np.ndarray
     allowed: np.ndarray
     blocked_by: np.ndarray
-    choice: Any
+    choice: Choice
+    rules_in: RuleInputs
 
 
 @dataclass
@@ -160,7 +189,8 @@ class Service:
 
         Args:
             requests: the customers, with their inline events, times, channels and item counts.
-            record: store each decision (False: a preview, no decision id).
+            record: store each decision (False: a preview: no decision id, nothing in the store changes;
+                a request's own `record` False previews that customer alone).
             extra_events: validated events of many customers at once, merged like inline events (the
                 audience export reads a whole chunk of an events file this way).
             explain: add the reasons in words (the audience export leaves them out).
@@ -168,7 +198,8 @@ class Service:
         batch = self._decide(requests, extra_events)
         model, scored, events, ids = batch.model, batch.scored, batch.events, batch.ids
         uplift, allowed, blocked_by, choice = batch.uplift, batch.allowed, batch.blocked_by, batch.choice
-        if record:
+        recorded = [record and r.record for r in requests]
+        if any(recorded):
             scored.digests = inputs_digests(scored.batch)
 
         # Each customer's rows of the (customer, ts)-sorted events, found once for the whole batch.
@@ -182,7 +213,18 @@ class Service:
             own = events.iloc[firsts[i] : lasts[i]] if explain else events.iloc[:0]
             results.append(
                 self._answer(
-                    model, scored, i, req, own, uplift[i], allowed[i], blocked_by[i], choice, record, explain
+                    model,
+                    scored,
+                    i,
+                    req,
+                    own,
+                    uplift[i],
+                    allowed[i],
+                    blocked_by[i],
+                    choice,
+                    recorded[i],
+                    batch.rules_in.consent_ts[i],
+                    explain,
                 )
             )
         return results
@@ -218,14 +260,23 @@ class Service:
         scored = score_customers(model, events, np.array(ids, dtype=object), now, k_max)
 
         states = self._send_states(ids, now)
-        rules_in = rule_inputs(scored, states)
+        own = [r.events for r in requests if not r.events.empty]
+        from_requests = pd.concat(own, ignore_index=True) if own else None
+        rules_in = rule_inputs(
+            scored, states, inline_state(from_requests, extra_events, dict(zip(ids, now, strict=True)))
+        )
         allowed, blocked_by = blocked_matrix(scored, rules_in, self.settings, [r.channels for r in requests])
         outcome = scored.pred.action_outcome
         assert outcome is not None
         uplift = outcome - outcome[:, [NO_SEND]]
         with self._rng_lock:
             choice = choose(uplift, allowed, ids, self.settings, self._rng)
-        return _Decided(model, ids, events, scored, uplift, allowed, blocked_by, choice)
+        return _Decided(model, ids, events, scored, uplift, allowed, blocked_by, choice, rules_in)
+
+    def _redraw(self, customer_id: str, uplift: np.ndarray, allowed: np.ndarray) -> Choice:
+        """The policy's draw again for one customer (after the store refused its first choice)."""
+        with self._rng_lock:
+            return choose(uplift[None, :], allowed[None, :], [customer_id], self.settings, self._rng)
 
     def score_table(
         self,
@@ -251,6 +302,8 @@ class Service:
         top = [" ".join(d.model.items[row[:n_items]]) for row in pred.top_items]
         if record:
             digests = inputs_digests(d.scored.batch)
+            consent_ts = d.rules_in.consent_ts
+            drawn = d.choice.drawn.copy()
 
             def decision(i: int, a: int, p: float) -> Decision:
                 return make_decision(
@@ -263,17 +316,23 @@ class Service:
                     control=bool(d.choice.control[i]),
                     stage=str(stage_names[i]),
                     uplift=0.0 if a == NO_SEND else float(d.uplift[i, a]),
-                    detail={"items": top[i].split(), "intended": ACTIONS[int(d.choice.drawn[i])]},
+                    detail={"items": top[i].split(), "intended": ACTIONS[int(drawn[i])]},
+                    consent_ts=consent_ts[i],
                 )
 
             decisions = [decision(i, int(action[i]), float(propensity[i])) for i in range(n)]
             rules = self.settings.rules
-            done = self.store.commit_decisions(decisions, rules.max_emails_7d, rules.max_emails_28d)
-            for i, ok in enumerate(done):
-                if not ok:  # the cap was used up since the rules read the store: nothing is sent now
-                    action[i], propensity[i] = NO_SEND, 1.0
-                    decisions[i] = decision(i, NO_SEND, 1.0)
-                    self.store.commit_decision(decisions[i], rules.max_emails_7d, rules.max_emails_28d)
+            done = self.store.commit_decisions(decisions, rules)
+            for i, result in enumerate(done):
+                # Refused: the store's rules (another request sent in between) rule out what they name,
+                # and the policy draws again among what is left (no_send always stands).
+                while not result.ok:
+                    for j in refused_cells(result.rule, ACTIONS[int(action[i])]):
+                        d.allowed[i, j] = False
+                    again = self._redraw(d.ids[i], d.uplift[i], d.allowed[i])
+                    action[i], propensity[i], drawn[i] = again.action[0], again.propensity[0], again.drawn[0]
+                    decisions[i] = decision(i, int(action[i]), float(propensity[i]))
+                    result = self.store.commit_decision(decisions[i], rules)
             decision_ids = [x.decision_id for x in decisions]
             if self.decisions_counter is not None:
                 for a, count in zip(*np.unique(action, return_counts=True), strict=True):
@@ -318,8 +377,9 @@ class Service:
         uplift: np.ndarray,
         allowed: np.ndarray,
         blocked_by: np.ndarray,
-        choice: Any,
+        choice: Choice,
         record: bool,
+        consent_ts: datetime | None,
         explain: bool = True,
     ) -> dict[str, Any]:
         pred = scored.pred
@@ -342,12 +402,14 @@ class Service:
             for r, (j, s) in enumerate(zip(top, scores, strict=True))
         ]
         now = scored.now[i]
-        decision_id = ""
+        decision_id: str | None = None
         if record:
             assert scored.digests is not None
             digest = scored.digests[i]
 
-            def commit(action: str, propensity: float, uplift: float, intended: str) -> tuple[Decision, bool]:
+            def commit(
+                action: str, propensity: float, uplift: float, intended: str
+            ) -> tuple[Decision, CommitResult]:
                 return self._commit(
                     model,
                     req.customer_id,
@@ -360,18 +422,25 @@ class Service:
                     uplift,
                     recommendations,
                     intended,
+                    consent_ts,
                 )
 
-            decision, committed = commit(action, propensity, float(uplift[ACTIONS.index(action)]), intended)
-            if not committed:
-                # Another request (maybe on another replica) used the customer's last send of the period
-                # between our read and our write: the cap holds, and this customer gets nothing now.
-                for j, a in enumerate(ACTIONS):
-                    if a != Action.NO_SEND and allowed[j]:
+            decision, result = commit(action, propensity, float(uplift[ACTIONS.index(action)]), intended)
+            while not result.ok:
+                # Another request (maybe on another replica) sent, or the customer unsubscribed, between
+                # our read and our write: the store's rule holds, the answer names it, and the policy
+                # draws again among what is left (no_send always stands).
+                rule = result.rule or "refused"
+                for j in refused_cells(rule, action):
+                    # Named as the rules would have named it had they seen the store's state.
+                    if allowed[j] or rule_rank(rule) < rule_rank(blocked[ACTIONS[j]]):
                         allowed[j] = False
-                        blocked[a] = "frequency_cap"
-                action, propensity, explored = Action.NO_SEND.value, 1.0, False
-                decision, committed = commit(action, propensity, 0.0, action)
+                        blocked[ACTIONS[j]] = rule
+                again = self._redraw(req.customer_id, uplift, allowed)
+                action, intended = ACTIONS[int(again.action[0])], ACTIONS[int(again.drawn[0])]
+                propensity, explored = float(again.propensity[0]), bool(again.explored[0])
+                gain = 0.0 if action == Action.NO_SEND else float(uplift[ACTIONS.index(action)])
+                decision, result = commit(action, propensity, gain, intended)
             decision_id = decision.decision_id
             if self.decisions_counter is not None:
                 self.decisions_counter.labels(action=action).inc()
@@ -428,7 +497,8 @@ class Service:
         uplift: float,
         recommendations: list[dict[str, Any]],
         intended: str,
-    ) -> tuple[Decision, bool]:
+        consent_ts: datetime | None,
+    ) -> tuple[Decision, CommitResult]:
         decision = make_decision(
             customer_id=customer_id,
             now=now,
@@ -440,10 +510,9 @@ class Service:
             stage=stage,
             uplift=uplift,
             detail={"items": [r["item_id"] for r in recommendations], "intended": intended},
+            consent_ts=consent_ts,
         )
-        rules = self.settings.rules
-        ok = self.store.commit_decision(decision, rules.max_emails_7d, rules.max_emails_28d)
-        return decision, ok
+        return decision, self.store.commit_decision(decision, self.settings.rules)
 
     # -- events and feedback ---------------------------------------------------------------------------
     def add_events(self, events: pd.DataFrame) -> AppendResult:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from features.build import from_settings, load_settings
 from features.policy import RuleConfig
+from serving.store import send_log_problems
 
 # Environment variables read on top of the file: name -> (setting, type).
 _ENV: dict[str, tuple[str, type]] = {
@@ -24,6 +25,7 @@ _ENV: dict[str, tuple[str, type]] = {
     "JOURNEY_RELOAD_INTERVAL_S": ("reload_interval_s", float),
     "JOURNEY_CONTROL_SHARE": ("control_share", float),
     "JOURNEY_TORCH_THREADS": ("torch_threads", int),
+    "JOURNEY_MAX_CLOCK_SKEW_S": ("max_clock_skew_s", float),
 }
 
 
@@ -52,6 +54,11 @@ class ServeSettings:
             no_send: the control group the campaign's lift is measured against.
         min_uplift: an action must gain more than this over no_send to be chosen greedily.
         rules: business rules (`features.policy.RuleConfig`), the same code offline evaluation uses.
+            Every window they read must be shorter than the store's send log (`SEND_LOG_DAYS`).
+        max_clock_skew_s: how far from the server's clock the API accepts a request's `context.now`
+            (either way) and an event's time (ahead of it): a client's time is input, not truth, and a
+            time far in the future would mislead the rules. The in-process library (backtests, the
+            audience export) is not held to it.
         torch_threads: intra-op threads per replica (workers x threads <= cores).
         seed: seed of the exploration draws (None: fresh entropy; set in tests for repeatable answers).
     """
@@ -76,6 +83,7 @@ class ServeSettings:
     control_salt: str = "journey-control-v1"
     min_uplift: float = 0.0
     rules: RuleConfig = field(default_factory=RuleConfig)
+    max_clock_skew_s: float = 300.0
     torch_threads: int = 1
     seed: int | None = None
 
@@ -94,6 +102,9 @@ class ServeSettings:
                 problems.append(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 1 <= self.default_items <= self.max_items:
             problems.append(f"default_items must be in [1, max_items={self.max_items}]")
+        if not self.max_clock_skew_s >= 0:
+            problems.append(f"max_clock_skew_s must be >= 0 seconds, got {self.max_clock_skew_s}")
+        problems.extend(send_log_problems(self.rules))
         if problems:
             raise ValueError("invalid serve settings: " + "; ".join(problems))
 
@@ -101,15 +112,13 @@ class ServeSettings:
     def from_dict(cls, data: Mapping[str, Any]) -> ServeSettings:
         """Settings from plain values (YAML); unknown keys are named in the error."""
         data = dict(data)
-        rules = dict(data.pop("rules", None) or {})
-        if "feedback_window" in rules:
-            rules["feedback_window"] = tuple(rules["feedback_window"])
+        rules = RuleConfig.from_dict(data.pop("rules", None))
         keys = data.get("api_keys")
         if isinstance(keys, str):
             data["api_keys"] = _split_keys(keys)
         elif keys is not None:
             data["api_keys"] = tuple(str(k) for k in keys)
-        data["rules"] = from_settings(RuleConfig, rules, "rules")
+        data["rules"] = rules
         settings: ServeSettings = from_settings(cls, data, "serve")
         return settings
 
@@ -136,7 +145,7 @@ class ServeSettings:
         """Plain values, API keys masked (for logs and `GET /v1/model`)."""
         out = asdict(self)
         out["api_keys"] = [f"{k[:2]}…" for k in self.api_keys]
-        out["rules"]["cooldown_days"] = dict(self.rules.cooldown_days)
+        out["rules"] = self.rules.to_dict()
         return out
 
 

@@ -11,9 +11,13 @@ Three things shape the design:
   an id hashed from its content). Only the last `max_events` events are kept, because the model reads a
   bounded history; consent and the send log are kept apart from them, so trimming never forgets that a
   customer unsubscribed or was e-mailed yesterday.
-- A frequency cap checked in one request and recorded in another lets two replicas both send the third
-  e-mail. `commit_decision` checks the cap and records the send in one atomic step: an `IMMEDIATE`
-  transaction in SQLite, a Lua script in Redis.
+- A rule checked in one request and recorded in another lets two replicas both send. `commit_decision`
+  checks every rule that depends on what was sent or said before (consent, quiet hours, the 7- and 28-day
+  caps, the minimum gap between messages, the action's cooldown) and records the send in one atomic step:
+  an `IMMEDIATE` transaction in SQLite, one Lua script in Redis.
+- A client's time is input, not truth: the send log is pruned only relative to the older of its newest
+  send and the wall clock, so that a decision stamped in the future cannot erase the history the rules
+  read.
 - Erasure requests must leave nothing behind, so every record carries its customer or sits under a key
   that `erase` can find from the customer.
 
@@ -42,6 +46,7 @@ import numpy as np
 import pandas as pd
 import redis
 
+from features.policy import RuleConfig
 from features.schema import (
     ACTIONS,
     EVENT_COLUMNS,
@@ -56,10 +61,13 @@ from features.schema import (
 
 OUTCOME_KINDS: tuple[str, ...] = ("delivered", "opened", "clicked", "purchased", "unsubscribed")
 
-# The send log only has to answer the 28-day cap and the longest cooldown (30 days); 90 days leaves room
-# for longer rules without letting the log grow with the customer's lifetime.
+# The send log only has to answer the 28-day cap, the minimum gap and the longest cooldown (30 days by
+# default); 90 days leaves room for longer rules without letting the log grow with the customer's lifetime.
+# Rules that reach further are refused (`send_log_problems`).
 SEND_LOG_DAYS = 90
+CAP_WINDOW_DAYS = (7, 28)
 US_PER_DAY = 86_400_000_000
+US_PER_HOUR = 3_600_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 # SQLite limits the variables of one statement (999 in old builds): batches are read in chunks.
@@ -108,12 +116,43 @@ class SendState:
         sends_28d: marketing messages sent in (now - 28 days, now].
         last_send: action -> time of its last send at or before now, for actions in the send log (which
             keeps `SEND_LOG_DAYS` days, longer than any cooldown).
+        consent_ts: when the consent event that set `consent` happened (None when unknown): the newest
+            consent event by time wins, whether stored or inline in a request.
     """
 
     consent: float
     sends_7d: int
     sends_28d: int
     last_send: dict[str, datetime]
+    consent_ts: datetime | None = None
+
+    @property
+    def last_any_send(self) -> datetime | None:
+        """The last marketing send at or before now, of any action (for the minimum gap)."""
+        return max(self.last_send.values()) if self.last_send else None
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """What `Store.commit_decision` did with a decision.
+
+    True in a boolean context when the decision stands, so `if store.commit_decision(...)` reads well.
+
+    Attributes:
+        ok: the decision is stored (now or by an earlier commit of the same id): the caller may send.
+        rule: when refused, the rule that refused it, named as `features.policy.eligibility` names it:
+            "consent", "quiet_hours", "frequency_cap_7d", "frequency_cap_28d", "min_gap" or
+            "cooldown_<action>"; None when it stands.
+    """
+
+    ok: bool
+    rule: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+COMMITTED = CommitResult(True)
 
 
 @dataclass(frozen=True)
@@ -134,6 +173,9 @@ class Decision:
         stage: the inferred journey stage.
         expected_uplift: the model's expected gain of the action over no_send.
         detail: JSON-serialisable extras (ranked alternatives, reasons), stored and returned as is.
+        consent_ts: the time of the consent evidence the decision relied on (the newest consent event it
+            saw, stored or inline; None: none). Read at commit, not stored: a stored unsubscribe at or
+            after it refuses a message.
     """
 
     decision_id: str
@@ -148,6 +190,7 @@ class Decision:
     stage: str
     expected_uplift: float
     detail: dict[str, Any] = field(default_factory=dict)
+    consent_ts: datetime | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -157,6 +200,8 @@ class Decision:
                 f"decision {self.decision_id}: propensity must be in (0, 1], got {self.propensity}"
             )
         _require_aware(self.ts, f"decision {self.decision_id}: ts")
+        if self.consent_ts is not None:
+            _require_aware(self.consent_ts, f"decision {self.decision_id}: consent_ts")
 
     @property
     def is_message(self) -> bool:
@@ -226,26 +271,34 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def commit_decision(self, decision: Decision, max_sends_7d: int, max_sends_28d: int) -> bool:
-        """Checks the frequency caps and records the decision, atomically.
+    def commit_decision(self, decision: Decision, rules: RuleConfig) -> CommitResult:
+        """Checks the rules that depend on the customer's past and records the decision, atomically.
 
-        A message is refused (nothing stored, False) when the customer already had `max_sends_7d` sends
-        in (ts - 7 days, ts] or `max_sends_28d` in (ts - 28 days, ts]; sends stamped after ts (another
-        replica's clock ran ahead) count too, up to 7 or 28 days after it, so that no window ever holds
-        more than the cap whatever order decisions commit in. Otherwise the decision is stored
-        and, for a message, its send enters the send log and an `email_sent` event (event_id
-        `decision:{decision_id}`) the customer's events. `no_send` is always stored. Committing a
-        decision_id that is already stored changes nothing and returns True, so a retry is safe.
+        A message is refused (nothing stored; the result names the rule) when, in this order:
 
-        Returns:
-            Whether the decision stands (the caller may send the message).
+        - consent (`rules.require_consent`): the stored consent is an unsubscribe at or after
+          `decision.consent_ts` (or any stored unsubscribe, when the decision relied on none);
+        - quiet_hours: `decision.ts` falls in `rules.quiet_hours`;
+        - frequency_cap_7d / frequency_cap_28d: the send log holds `rules.max_emails_7d` sends in
+          (ts - 7 days, ts + 7 days), or `max_emails_28d` in (ts - 28 days, ts + 28 days);
+        - min_gap: any send in (ts - min_gap_hours, ts + min_gap_hours);
+        - cooldown_<action>: a send of the same action in (ts - cooldown, ts + cooldown).
+
+        Windows reach after ts too: another replica's clock may run ahead, so a decision may be committed
+        after a send stamped later than it, and no window (nor gap) may then break the rule whatever order
+        decisions commit in. When no send is later than ts this is exactly the window ending at ts.
+        Otherwise the decision is stored and, for a message, its send enters the send log and an
+        `email_sent` event (event_id `decision:{decision_id}`) the customer's events. `no_send` is always
+        stored. Committing a decision_id that is already stored changes nothing and stands, so a retry is
+        safe.
+
+        Raises:
+            ValueError: rules that reach further back than the send log keeps (`send_log_problems`).
         """
 
-    def commit_decisions(
-        self, decisions: Sequence[Decision], max_sends_7d: int, max_sends_28d: int
-    ) -> list[bool]:
+    def commit_decisions(self, decisions: Sequence[Decision], rules: RuleConfig) -> list[CommitResult]:
         """`commit_decision` for each decision, in order; a backend may do it in one round trip."""
-        return [self.commit_decision(d, max_sends_7d, max_sends_28d) for d in decisions]
+        return [self.commit_decision(d, rules) for d in decisions]
 
     @abstractmethod
     def decision(self, decision_id: str) -> Decision | None:
@@ -453,8 +506,12 @@ def _events_frame_of_columns(columns: dict[str, Sequence[Any]]) -> pd.DataFrame:
     return pd.DataFrame(data, columns=list(EVENT_COLUMNS))
 
 
-def _send_state(consent: float | None, sends: list[tuple[str, int]], now_us: int) -> SendState:
-    """Counts a customer's send log (action, ts_us) at `now_us`; sends after now are not seen."""
+def _send_state(consent: tuple[float, int] | None, sends: list[tuple[str, int]], now_us: int) -> SendState:
+    """Counts a customer's send log (action, ts_us) at `now_us`; sends after now are not seen.
+
+    Args:
+        consent: the stored consent (value, ts_us), or None.
+    """
     lo7, lo28 = now_us - 7 * US_PER_DAY, now_us - 28 * US_PER_DAY
     last: dict[str, int] = {}
     n7 = n28 = 0
@@ -465,23 +522,105 @@ def _send_state(consent: float | None, sends: list[tuple[str, int]], now_us: int
         n28 += ts > lo28
         last[action] = max(ts, last.get(action, ts))
     return SendState(
-        consent=-1.0 if consent is None else float(consent),
+        consent=-1.0 if consent is None else float(consent[0]),
         sends_7d=n7,
         sends_28d=n28,
         last_send={a: from_us(t) for a, t in sorted(last.items())},
+        consent_ts=None if consent is None else from_us(int(consent[1])),
     )
 
 
-def _cap_windows(ts_us: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    """The exclusive bounds (lo, hi) of the sends that count against the 7- and 28-day caps of a send at ts.
+def send_log_problems(rules: RuleConfig) -> list[str]:
+    """Why the send log (`SEND_LOG_DAYS` days) could not answer these rules; empty when it can.
 
-    Sends in (ts - 7 days, ts + 7 days) count, not only those in (ts - 7 days, ts]: replicas' clocks
-    differ, so a decision may be committed after a send stamped later than it. Every 7-day window that
-    holds ts lies inside that interval, so a send allowed by it cannot push any window over the cap. When
-    no send is later than ts (the usual case) this is exactly (ts - 7 days, ts].
+    Every window the commit reads (the caps, the gap, each cooldown) must be shorter than the log, or a
+    pruned send would let a message through.
     """
-    week, four_weeks = 7 * US_PER_DAY, 28 * US_PER_DAY
-    return (ts_us - week, ts_us + week), (ts_us - four_weeks, ts_us + four_weeks)
+    problems = []
+    longest_cap = max(CAP_WINDOW_DAYS)
+    if longest_cap >= SEND_LOG_DAYS:
+        problems.append(f"the send log ({SEND_LOG_DAYS} days) must outlast the {longest_cap}-day cap")
+    if rules.min_gap_hours >= SEND_LOG_DAYS * 24:
+        problems.append(
+            f"rules.min_gap_hours={rules.min_gap_hours:g} reaches beyond the send log "
+            f"({SEND_LOG_DAYS} days = {SEND_LOG_DAYS * 24} hours)"
+        )
+    longer = {a: float(d) for a, d in rules.cooldown_days.items() if float(d) >= SEND_LOG_DAYS}
+    if longer:
+        problems.append(
+            f"rules.cooldown_days {longer} reach beyond the send log, which keeps {SEND_LOG_DAYS} days: "
+            f"keep every cooldown under {SEND_LOG_DAYS} days"
+        )
+    return problems
+
+
+def _check_rules(rules: RuleConfig) -> None:
+    problems = send_log_problems(rules)
+    if problems:
+        raise ValueError("rules the online store cannot hold: " + "; ".join(problems))
+
+
+def _wall_us() -> int:
+    """The wall clock in epoch microseconds: the send log is never pruned relative to a later time."""
+    return to_us(datetime.now(UTC))
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """Half-widths (microseconds) of the windows a message at ts is checked against; 0: no check."""
+
+    cap7: int
+    cap28: int
+    gap: int
+    cooldown: int
+
+    @classmethod
+    def of(cls, rules: RuleConfig, action: str) -> _Windows:
+        return cls(
+            cap7=CAP_WINDOW_DAYS[0] * US_PER_DAY,
+            cap28=CAP_WINDOW_DAYS[1] * US_PER_DAY,
+            gap=round(rules.min_gap_hours * US_PER_HOUR),
+            cooldown=round(rules.cooldown_hours(action) * US_PER_HOUR),
+        )
+
+    @property
+    def reach(self) -> int:
+        return max(self.cap7, self.cap28, self.gap, self.cooldown)
+
+
+def _refusal(
+    decision: Decision,
+    rules: RuleConfig,
+    consent: tuple[float, int] | None,
+    sends: Sequence[tuple[str, int]],
+) -> str | None:
+    """The rule that refuses a message, or None (see `Store.commit_decision`; the Redis script mirrors it).
+
+    Args:
+        decision: the message.
+        rules: the rules.
+        consent: the stored consent (value, ts_us), or None.
+        sends: (action, ts_us) of the customer's sends within the widest window around the decision.
+    """
+    ts = to_us(decision.ts)
+    unsubscribed = consent is not None and consent[0] == 0.0
+    if rules.require_consent and consent is not None and unsubscribed:
+        relied_on = None if decision.consent_ts is None else to_us(decision.consent_ts)
+        if relied_on is None or consent[1] >= relied_on:
+            return "consent"
+    if rules.in_quiet_hours(decision.ts):
+        return "quiet_hours"
+    w = _Windows.of(rules, decision.action)
+    near = [(a, abs(t - ts)) for a, t in sends]
+    if sum(d < w.cap7 for _, d in near) >= rules.max_emails_7d:
+        return "frequency_cap_7d"
+    if sum(d < w.cap28 for _, d in near) >= rules.max_emails_28d:
+        return "frequency_cap_28d"
+    if any(d < w.gap for _, d in near):
+        return "min_gap"
+    if any(a == decision.action and d < w.cooldown for a, d in near):
+        return f"cooldown_{decision.action}"
+    return None
 
 
 def _decision_record(decision: Decision) -> dict[str, Any]:
@@ -731,10 +870,12 @@ class SQLiteStore(Store):
                 "ORDER BY ts_us DESC, rowid DESC LIMIT -1 OFFSET ?)",
                 (customer, self.max_events),
             )
+            # Relative to the older of the newest send and the wall clock: a send stamped in the future
+            # (a client's clock, a backtest) never erases the history that decisions today read.
             conn.execute(
                 "DELETE FROM sends WHERE customer_id = ? "
-                "AND ts_us < (SELECT MAX(ts_us) FROM sends WHERE customer_id = ?) - ?",
-                (customer, customer, SEND_LOG_DAYS * US_PER_DAY),
+                "AND ts_us < MIN((SELECT MAX(ts_us) FROM sends WHERE customer_id = ?), ?) - ?",
+                (customer, customer, _wall_us(), SEND_LOG_DAYS * US_PER_DAY),
             )
         return accepted
 
@@ -757,9 +898,12 @@ class SQLiteStore(Store):
     def send_state(self, customer_ids: Sequence[str], now: datetime) -> dict[str, SendState]:
         now_us = to_us(now)
         ids = sorted(set(customer_ids))
-        consent = dict(
-            self._select_in("SELECT customer_id, value FROM consent WHERE customer_id IN ({ids})", ids)
-        )
+        consent = {
+            customer: (value, ts)
+            for customer, value, ts in self._select_in(
+                "SELECT customer_id, value, ts_us FROM consent WHERE customer_id IN ({ids})", ids
+            )
+        }
         sends: dict[str, list[tuple[str, int]]] = defaultdict(list)
         for customer, action, ts in self._select_in(
             "SELECT customer_id, action, ts_us FROM sends WHERE customer_id IN ({ids}) AND ts_us <= ?",
@@ -769,33 +913,37 @@ class SQLiteStore(Store):
             sends[customer].append((action, ts))
         return {c: _send_state(consent.get(c), sends.get(c, []), now_us) for c in customer_ids}
 
-    def commit_decision(self, decision: Decision, max_sends_7d: int, max_sends_28d: int) -> bool:
+    def commit_decision(self, decision: Decision, rules: RuleConfig) -> CommitResult:
+        _check_rules(rules)
         with self._write() as conn:
-            return self._commit(conn, decision, max_sends_7d, max_sends_28d)
+            return self._commit(conn, decision, rules)
 
-    def commit_decisions(
-        self, decisions: Sequence[Decision], max_sends_7d: int, max_sends_28d: int
-    ) -> list[bool]:
+    def commit_decisions(self, decisions: Sequence[Decision], rules: RuleConfig) -> list[CommitResult]:
         """`commit_decision` for many decisions in one transaction (the audience export's chunks)."""
+        _check_rules(rules)
         with self._write() as conn:
-            return [self._commit(conn, d, max_sends_7d, max_sends_28d) for d in decisions]
+            return [self._commit(conn, d, rules) for d in decisions]
 
-    def _commit(
-        self, conn: sqlite3.Connection, decision: Decision, max_sends_7d: int, max_sends_28d: int
-    ) -> bool:
+    def _commit(self, conn: sqlite3.Connection, decision: Decision, rules: RuleConfig) -> CommitResult:
+        """One commit inside the open IMMEDIATE transaction: the write lock is held from the first read,
+        so no other writer (thread, process or replica on the file) can send in between."""
         record = _decision_record(decision)
         ts = record["ts"]
+        customer = decision.customer_id
         if conn.execute("SELECT 1 FROM decisions WHERE decision_id = ?", (decision.decision_id,)).fetchone():
-            return True
+            return COMMITTED
         if decision.is_message:
-            (lo7, hi7), (lo28, hi28) = _cap_windows(ts)
-            n7, n28 = conn.execute(
-                "SELECT COALESCE(SUM(ts_us > ? AND ts_us < ?), 0), COUNT(*) FROM sends "
-                "WHERE customer_id = ? AND ts_us > ? AND ts_us < ?",
-                (lo7, hi7, decision.customer_id, lo28, hi28),
+            reach = _Windows.of(rules, decision.action).reach
+            sends = conn.execute(
+                "SELECT action, ts_us FROM sends WHERE customer_id = ? AND ts_us > ? AND ts_us < ?",
+                (customer, ts - reach, ts + reach),
+            ).fetchall()
+            row = conn.execute(
+                "SELECT value, ts_us FROM consent WHERE customer_id = ?", (customer,)
             ).fetchone()
-            if n7 >= max_sends_7d or n28 >= max_sends_28d:
-                return False
+            rule = _refusal(decision, rules, None if row is None else (row[0], row[1]), sends)
+            if rule is not None:
+                return CommitResult(False, rule)
         record["detail"] = json.dumps(record["detail"])
         marks = ", ".join("?" * len(_DECISION_FIELDS))
         conn.execute(
@@ -804,7 +952,7 @@ class SQLiteStore(Store):
         )
         if decision.is_message:
             self._append(conn, [_sent_event(decision)])
-        return True
+        return COMMITTED
 
     def _decisions(self, where: str, params: tuple[Any, ...]) -> list[Decision]:
         rows = (
@@ -921,7 +1069,7 @@ local function append_event(ts, eid, body, kind, action)
   return 1
 end
 
-local function trim_and_prune(max_events, keep_us)
+local function trim_and_prune(max_events, keep_us, wall_us)
   local n = redis.call('ZCARD', KEYS[1])
   if n > max_events then
     local old = redis.call('ZRANGE', KEYS[1], 0, n - max_events - 1)
@@ -931,49 +1079,71 @@ local function trim_and_prune(max_events, keep_us)
     end
     redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max_events - 1)
   end
+  -- Relative to the older of the newest send and the wall clock: a send stamped in the future never
+  -- erases the history that decisions today read.
   local newest = redis.call('ZRANGE', KEYS[3], -1, -1, 'WITHSCORES')
   if newest[2] then
-    local cutoff = string.format('%.0f', tonumber(newest[2]) - keep_us)
+    local cutoff = string.format('%.0f', math.min(tonumber(newest[2]), wall_us) - keep_us)
     redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. cutoff)
   end
 end
 """
 
-# KEYS: events, ids, sends, consent, seq. ARGV: max_events, keep_us, then ts, event_id, body, kind,
-# action per event. Returns the number of events accepted.
+# KEYS: events, ids, sends, consent, seq. ARGV: max_events, keep_us, wall_us, then ts, event_id, body,
+# kind, action per event. Returns the number of events accepted.
 _LUA_APPEND = (
     _LUA_EVENTS
     + """
 local accepted = 0
-for i = 3, #ARGV, 5 do
+for i = 4, #ARGV, 5 do
   accepted = accepted + append_event(ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4])
 end
-if accepted > 0 then trim_and_prune(tonumber(ARGV[1]), tonumber(ARGV[2])) end
+if accepted > 0 then trim_and_prune(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])) end
 return accepted
 """
 )
 
 # KEYS: events, ids, sends, consent, seq, customer's decisions, decision hash, all decisions.
-# ARGV: max_events, keep_us, ts, decision_id, decision json, is_message, lo7, hi7, max7, lo28, hi28,
-# max28 (bounds as exclusive ZCOUNT bounds), event_id, event body, action. Returns 1 when the decision
-# stands, 0 when a cap refused it.
+# ARGV: 1 max_events, 2 keep_us, 3 wall_us, 4 ts, 5 decision_id, 6 decision json, 7 is_message,
+# 8 event_id, 9 event body, 10 action, 11 require_consent, 12 consent_ts ('' for none), 13 quiet,
+# 14-16 lo7, hi7, max7, 17-19 lo28, hi28, max28, 20-21 gap bounds, 22-23 cooldown bounds (bounds are
+# exclusive ZCOUNT bounds; '' for no gap or cooldown). The checks are those of `_refusal`, in its order.
+# Returns 'ok' when the decision stands, else the refusing rule ('cooldown' for the action's cooldown).
 _LUA_COMMIT = (
     _LUA_EVENTS
     + """
-if redis.call('EXISTS', KEYS[7]) == 1 then return 1 end
-if ARGV[6] == '1' then
-  if redis.call('ZCOUNT', KEYS[3], ARGV[7], ARGV[8]) >= tonumber(ARGV[9]) then return 0 end
-  if redis.call('ZCOUNT', KEYS[3], ARGV[10], ARGV[11]) >= tonumber(ARGV[12]) then return 0 end
-end
-redis.call('HSET', KEYS[7], 'json', ARGV[5])
-redis.call('ZADD', KEYS[6], ARGV[3], ARGV[4])
-redis.call('ZADD', KEYS[8], ARGV[3], ARGV[4])
-if ARGV[6] == '1' then
-  if append_event(ARGV[3], ARGV[13], ARGV[14], 'm', ARGV[15]) == 1 then
-    trim_and_prune(tonumber(ARGV[1]), tonumber(ARGV[2]))
+if redis.call('EXISTS', KEYS[7]) == 1 then return 'ok' end
+if ARGV[7] == '1' then
+  if ARGV[11] == '1' then
+    local consent = redis.call('HMGET', KEYS[4], 'v', 'ts')
+    if consent[1] == '0' and (ARGV[12] == '' or tonumber(consent[2]) >= tonumber(ARGV[12])) then
+      return 'consent'
+    end
+  end
+  if ARGV[13] == '1' then return 'quiet_hours' end
+  if redis.call('ZCOUNT', KEYS[3], ARGV[14], ARGV[15]) >= tonumber(ARGV[16]) then
+    return 'frequency_cap_7d'
+  end
+  if redis.call('ZCOUNT', KEYS[3], ARGV[17], ARGV[18]) >= tonumber(ARGV[19]) then
+    return 'frequency_cap_28d'
+  end
+  if ARGV[20] ~= '' and redis.call('ZCOUNT', KEYS[3], ARGV[20], ARGV[21]) > 0 then return 'min_gap' end
+  if ARGV[22] ~= '' then
+    local prefix = ARGV[10] .. '|'
+    for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], ARGV[22], ARGV[23])) do
+      if string.sub(member, 1, #prefix) == prefix then return 'cooldown' end
+    end
   end
 end
-return 1
+redis.call('HSET', KEYS[7], 'json', ARGV[6])
+redis.call('ZADD', KEYS[6], ARGV[4], ARGV[5])
+redis.call('ZADD', KEYS[8], ARGV[4], ARGV[5])
+if ARGV[7] == '1' then
+  if append_event(ARGV[4], ARGV[8], ARGV[9], 'm', ARGV[10]) == 1 then
+    trim_and_prune(tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]))
+  end
+end
+return 'ok'
 """
 )
 
@@ -1057,7 +1227,9 @@ class RedisStore(Store):
         for customer, args in by_customer.items():
             keys = self._customer_keys(customer)[:5]
             self._append_script(
-                keys=keys, args=[self.max_events, SEND_LOG_DAYS * US_PER_DAY, *args], client=pipe
+                keys=keys,
+                args=[self.max_events, SEND_LOG_DAYS * US_PER_DAY, _wall_us(), *args],
+                client=pipe,
             )
         accepted = sum(int(n) for n in pipe.execute()) if by_customer else 0
         return AppendResult(accepted=accepted, duplicates=len(records) - accepted)
@@ -1076,41 +1248,56 @@ class RedisStore(Store):
         pipe = self.client.pipeline(transaction=False)
         for customer in ids:
             keys = self._customer_keys(customer)
-            pipe.hget(keys[3], "v")
+            pipe.hmget(keys[3], ["v", "ts"])
             pipe.zrangebyscore(keys[2], "-inf", now_us, withscores=True)
         replies = pipe.execute() if ids else []
         states = {}
         for i, customer in enumerate(ids):
-            consent, sends = replies[2 * i], replies[2 * i + 1]
+            (value, consent_ts), sends = replies[2 * i], replies[2 * i + 1]
+            consent = None if value is None else (float(value), int(consent_ts))
             log = [(member.split("|", 1)[0], int(score)) for member, score in sends]
-            states[customer] = _send_state(None if consent is None else float(consent), log, now_us)
+            states[customer] = _send_state(consent, log, now_us)
         return {c: states[c] for c in customer_ids}
 
-    def commit_decision(self, decision: Decision, max_sends_7d: int, max_sends_28d: int) -> bool:
+    def commit_decision(self, decision: Decision, rules: RuleConfig) -> CommitResult:
+        _check_rules(rules)
         record = _decision_record(decision)
         ts = record["ts"]
         keys = self._customer_keys(decision.customer_id)
         event = _sent_event(decision)
-        (lo7, hi7), (lo28, hi28) = _cap_windows(ts)
+        w = _Windows.of(rules, decision.action)
+
+        def bounds(half: int) -> list[str]:
+            return [f"({ts - half}", f"({ts + half}"] if half > 0 else ["", ""]
+
         args = [
             self.max_events,
             SEND_LOG_DAYS * US_PER_DAY,
+            _wall_us(),
             ts,
             decision.decision_id,
             json.dumps(record, separators=(",", ":")),
             "1" if decision.is_message else "0",
-            f"({lo7}",
-            f"({hi7}",
-            max_sends_7d,
-            f"({lo28}",
-            f"({hi28}",
-            max_sends_28d,
             event["event_id"],
             json.dumps(event, separators=(",", ":")),
             decision.action,
+            "1" if rules.require_consent else "0",
+            "" if decision.consent_ts is None else to_us(decision.consent_ts),
+            # Quiet hours depend on the decision's time alone: read here, refused inside the script (after
+            # the retry check, so a stored decision still stands).
+            "1" if decision.is_message and rules.in_quiet_hours(decision.ts) else "0",
+            *bounds(w.cap7),
+            rules.max_emails_7d,
+            *bounds(w.cap28),
+            rules.max_emails_28d,
+            *bounds(w.gap),
+            *bounds(w.cooldown),
         ]
         keys = [*keys, self._decision_key(decision.decision_id), self._all_decisions_key]
-        return bool(int(self._commit_script(keys=keys, args=args)))
+        answer = str(self._commit_script(keys=keys, args=args))
+        if answer == "ok":
+            return COMMITTED
+        return CommitResult(False, f"cooldown_{decision.action}" if answer == "cooldown" else answer)
 
     def decision(self, decision_id: str) -> Decision | None:
         raw = self.client.hget(self._decision_key(decision_id), "json")

@@ -1,5 +1,5 @@
-"""Two `journey serve` processes on one Redis: replicas share the online store, so the frequency cap holds
-between them under concurrent requests for the same customer."""
+"""Two `journey serve` processes on one Redis: replicas share the online store, so the frequency cap, the
+minimum gap and the cooldowns hold between them under concurrent requests for the same customer."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from features.schema import MESSAGE_ACTIONS
 from tests.servers import free_port
 from tests.serving_env import Served, served  # noqa: F401
 from tests.test_store import redis_url  # noqa: F401
@@ -28,6 +29,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 KEY = "replica-key"
 NOW = pd.Timestamp("2026-06-01T12:00:00Z")  # after the shop's history: no send of its own in the week
+# Greedy, no control group, and any eligible e-mail beats sending nothing: only the rules stop a send.
+GREEDY = {"epsilon": 0.0, "control_share": 0.0, "min_uplift": -1.0, "reload_interval_s": 0}
+# The caps alone (no gap, no cooldowns), scored at the shop's own time (months before the machine's
+# clock, so the clock tolerance is opened).
+CAPS_ONLY = {
+    **GREEDY,
+    "max_clock_skew_s": 10 * 365 * 86_400,
+    "rules": {"min_gap_hours": 0, "cooldown_days": dict.fromkeys(MESSAGE_ACTIONS, 0)},
+}
 
 
 def _call(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> tuple[int, Any]:
@@ -50,11 +60,11 @@ def replicas(
     served: Served,  # noqa: F811
     redis_url: str,  # noqa: F811
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> Iterator[list[int]]:
+    """Two replicas on one Redis namespace, with the settings the test passes (indirect parameter)."""
     config = tmp_path / "serve.yaml"
-    # Greedy, no control group, and any eligible e-mail beats sending nothing: only the cap stops a send.
-    config.write_text(yaml.safe_dump({"epsilon": 0.0, "control_share": 0.0, "min_uplift": -1.0,
-                                      "reload_interval_s": 0}))  # fmt: skip
+    config.write_text(yaml.safe_dump(getattr(request, "param", GREEDY)))
     store = f"{redis_url}?namespace=replicas-{uuid.uuid4().hex[:8]}:"
     env = {**os.environ, "MLFLOW_TRACKING_URI": served.tracking_uri, "JOURNEY_API_KEYS": KEY}
     journey = str(Path(sys.executable).with_name("journey"))
@@ -99,6 +109,7 @@ def replicas(
                 proc.kill()
 
 
+@pytest.mark.parametrize("replicas", [CAPS_ONLY], indirect=True)
 def test_two_replicas_on_one_redis_hold_the_frequency_cap(replicas: list[int], served: Served) -> None:  # noqa: F811
     customer = served.events["customer_id"].value_counts().index[0]
     history = served.events[served.events["customer_id"] == customer].tail(40)
@@ -127,3 +138,44 @@ def test_two_replicas_on_one_redis_hold_the_frequency_cap(replicas: list[int], s
     status, seen = _call(replicas[1], "GET", f"/v1/customers/{customer}")
     assert status == 200
     assert len(seen["decisions"]) == 12
+
+
+@pytest.mark.parametrize("replicas", [GREEDY], indirect=True)
+def test_fifty_requests_on_two_replicas_send_one_message(replicas: list[int], served: Served) -> None:  # noqa: F811
+    """The default rules (16 hours between messages, a cooldown per action) at the server's own clock: a
+    burst of 50 requests for one customer, split between the replicas, sends at most one message."""
+    clock = pd.Timestamp.now(tz="UTC")
+    counts = served.events["customer_id"].value_counts()
+    customer = counts.index[1]
+    history = served.events[served.events["customer_id"] == customer].tail(40)
+    rows = [
+        {k: v for k, v in r.items() if v is not None and not (isinstance(v, float) and pd.isna(v))}
+        for r in history.assign(ts=history["ts"].astype(str)).to_dict(orient="records")
+    ]
+    rows.append({"customer_id": customer, "ts": (clock - pd.Timedelta(days=1)).isoformat(),
+                 "event_type": "newsletter_signup"})  # fmt: skip
+    status, answer = _call(replicas[0], "POST", "/v1/events", {"events": rows})
+    assert status == 200, answer
+    status, preview = _call(replicas[1], "POST", "/v1/score", {"customer_id": customer, "record": False})
+    assert status == 200, preview
+    assert preview["next_best_action"]["action"] != "no_send", "the test needs a customer who may get one"
+
+    body = {"customer_id": customer}  # no context.now: the server's clock
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(lambda i: _call(replicas[i % 2], "POST", "/v1/score", body), range(50)))
+    assert all(status == 200 for status, _ in results), results
+    actions = [answer["next_best_action"]["action"] for _, answer in results]
+    assert sum(a != "no_send" for a in actions) == 1, actions
+    for _, answer in results:
+        if answer["next_best_action"]["action"] == "no_send":
+            blocked = {
+                r["blocked_by"] for r in answer["next_best_action"]["ranked"] if r["action"] != "no_send"
+            }
+            assert blocked == {"min_gap"}, blocked
+    status, seen = _call(replicas[0], "GET", f"/v1/customers/{customer}")
+    assert status == 200
+    assert len(seen["decisions"]) == 20  # the last 20 of the 50, all recorded
+    assert (
+        sum(e["event_type"] == "email_sent" and e["event_id"].startswith("decision:") for e in seen["events"])
+        == 1
+    )

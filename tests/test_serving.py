@@ -4,8 +4,12 @@ online store: what an e-mail platform relies on, route by route."""
 from __future__ import annotations
 
 import sqlite3
+import threading
+import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +22,15 @@ from fastapi.testclient import TestClient
 from features.build import load_rows, padded_tokens
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS
 from features.policy import RuleConfig
-from features.schema import STAGES
+from features.schema import MESSAGE_ACTIONS, STAGES
 from serving.app import create_app
 from serving.model import ModelManager, ModelRefused, load_version
-from serving.scoring import score_customers
+from serving.scoring import empty_events, score_customers
+from serving.service import CustomerRequest, Service
 from serving.settings import ServeSettings
 from serving.store import open_store
 from tests.serving_env import Served, served  # noqa: F401
+from tests.test_store import redis_url  # noqa: F401
 from training.registry import CHAMPION, MODEL_NAME
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -34,6 +40,13 @@ NOW = pd.Timestamp("2026-04-20T12:00:00Z")
 HEADERS = {"X-API-Key": KEY}
 # A month after the history posted: no e-mail of the shop's own within any cooldown or cap window.
 LATER = NOW + pd.Timedelta(days=30)
+TEN = LATER.floor("D") + pd.Timedelta(hours=10)  # a morning after the signup these tests post
+# The simulated shop lives in the first half of 2026 and these tests score it at its own times
+# (`context.now`), months before the machine's clock: they open the tolerance for the client's clock.
+# `test_the_api_refuses_times_beyond_the_clock_tolerance` checks the default.
+SHOP_TIME_SKEW_S = 10 * 365 * 86_400.0
+# The caps alone (no gap, no cooldowns), for the tests of the caps.
+CAPS_ONLY = RuleConfig(min_gap_hours=0.0, cooldown_days=dict.fromkeys(MESSAGE_ACTIONS, 0.0))
 
 
 def settings_for(**overrides: Any) -> ServeSettings:
@@ -44,6 +57,7 @@ def settings_for(**overrides: Any) -> ServeSettings:
         epsilon=0.0,
         control_share=0.0,
         seed=0,
+        max_clock_skew_s=SHOP_TIME_SKEW_S,
     )
     return replace(base, **overrides)
 
@@ -56,9 +70,20 @@ def manager(served: Served) -> ModelManager:  # noqa: F811
     return m
 
 
-def make_client(tmp_path: Path, manager: ModelManager, **overrides: Any) -> TestClient:
-    settings = settings_for(store_url=f"sqlite:///{tmp_path / 'online.db'}", **overrides)
+def make_client(
+    tmp_path: Path, manager: ModelManager, store_url: str | None = None, **overrides: Any
+) -> TestClient:
+    settings = settings_for(store_url=store_url or f"sqlite:///{tmp_path / 'online.db'}", **overrides)
     return TestClient(create_app(settings, manager=manager))
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The online store of a test: a SQLite file, or a namespace of a real Redis server."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'online.db'}"
+    url = request.getfixturevalue("redis_url")
+    return f"{url}?namespace=serving-{uuid.uuid4().hex[:8]}:"
 
 
 @pytest.fixture
@@ -203,8 +228,9 @@ def test_the_frequency_cap_blocks_the_fourth_email_in_a_week(
     manager: ModelManager,
     served: Served,  # noqa: F811
 ) -> None:
-    # Send whenever something is eligible (min_uplift -1), so the cap is what stops the fourth e-mail.
-    with make_client(tmp_path, manager, min_uplift=-1.0) as client:
+    # Send whenever something is eligible (min_uplift -1), and without the gap and cooldowns (which would
+    # stop the same action first), so the cap is what stops the fourth e-mail.
+    with make_client(tmp_path, manager, min_uplift=-1.0, rules=CAPS_ONLY) as client:
         customer = active_customers(served, 1)[0]
         post_history(client, served, customer)
         start = NOW + pd.Timedelta(days=40)  # no e-mail of the shop's own history within the week
@@ -419,6 +445,16 @@ def _broken_copy(served: Served) -> Any:  # noqa: F811
     return broken
 
 
+def test_settings_hold_the_clock_tolerance_and_refuse_rules_beyond_the_send_log() -> None:
+    assert ServeSettings().max_clock_skew_s == 300
+    env = ServeSettings.load(None, {}, environ={"JOURNEY_MAX_CLOCK_SKEW_S": "60"})
+    assert env.max_clock_skew_s == 60
+    with pytest.raises(ValueError, match="max_clock_skew_s"):
+        ServeSettings(max_clock_skew_s=-1)
+    with pytest.raises(ValueError, match="send log"):
+        ServeSettings.from_dict({"rules": {"cooldown_days": {"winback_offer": 400}}})
+
+
 def test_settings_name_unknown_keys_and_bad_values() -> None:
     with pytest.raises(ValueError, match="unknown serve setting"):
         ServeSettings.from_dict({"max_bach": 3})
@@ -506,3 +542,251 @@ def test_control_customers_get_no_send_and_keep_the_intended_action(
         row = frame.loc[nba["decision_id"]]
         assert row["control"]
         assert row["intended_action"] != "no_send"  # min_uplift -1: the policy would have sent an e-mail
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Decisions a marketer can trust: fatigue held atomically, time checked, consent in order, previews.
+
+
+def signup(client: TestClient, customer: str, when: pd.Timestamp) -> None:
+    event = {"customer_id": customer, "ts": when.isoformat(), "event_type": "newsletter_signup"}
+    r = client.post("/v1/events", headers=HEADERS, json={"events": [event]})
+    assert r.status_code == 200, r.text
+
+
+def sendable_customer(client: TestClient, served: Served, when: pd.Timestamp) -> str:  # noqa: F811
+    """A customer (history and a signup posted) whom the rules allow an e-mail at `when`, found by
+    previews, which record nothing."""
+    for customer in active_customers(served, 12):
+        post_history(client, served, customer)
+        signup(client, customer, LATER - pd.Timedelta(days=1))
+        preview = score(client, customer, now=when, record=False)["next_best_action"]
+        if preview["action"] != "no_send":
+            return customer
+    raise AssertionError("no active customer may get an e-mail: the test needs one")
+
+
+def messages_in(store_url: str) -> pd.DataFrame:
+    store = open_store(store_url)
+    try:
+        decisions = store.export_decisions()
+    finally:
+        store.close()
+    return decisions[decisions["action"] != "no_send"]
+
+
+def test_the_same_call_a_minute_apart_sends_one_message(
+    store_url: str,
+    tmp_path: Path,
+    manager: ModelManager,
+    served: Served,  # noqa: F811
+) -> None:
+    with make_client(tmp_path, manager, store_url, min_uplift=-1.0) as client:
+        customer = sendable_customer(client, served, TEN)
+        answers = [
+            score(client, customer, now=TEN + pd.Timedelta(minutes=k))["next_best_action"] for k in (1, 2, 3)
+        ]
+    assert answers[0]["action"] != "no_send", answers[0]
+    assert [a["action"] for a in answers[1:]] == ["no_send", "no_send"]
+    for a in answers[1:]:
+        assert ranked_blocked(a) == {"min_gap"}, a["ranked"]
+    assert len(messages_in(store_url)) == 1
+
+
+def test_fifty_concurrent_decisions_on_two_replicas_send_one_message(
+    store_url: str,
+    tmp_path: Path,
+    manager: ModelManager,
+    served: Served,  # noqa: F811
+) -> None:
+    with make_client(tmp_path, manager, store_url, min_uplift=-1.0) as client:
+        customer = sendable_customer(client, served, TEN)
+    settings = settings_for(store_url=store_url, min_uplift=-1.0)
+    replicas = [Service(settings, open_store(store_url), manager) for _ in range(2)]
+    barrier = threading.Barrier(50)
+
+    def attempt(k: int) -> dict[str, Any]:
+        request = CustomerRequest(customer, empty_events(), (TEN + pd.Timedelta(seconds=k)).to_pydatetime())
+        barrier.wait(timeout=120)
+        answer: dict[str, Any] = replicas[k % 2].score([request])[0]["next_best_action"]
+        return answer
+
+    try:
+        with ThreadPoolExecutor(max_workers=50) as pool:
+            answers = list(pool.map(attempt, range(50)))
+    finally:
+        for replica in replicas:
+            replica.store.close()
+    sent = [a for a in answers if a["action"] != "no_send"]
+    assert len(sent) == 1, [a["action"] for a in answers]
+    assert all(a["decision_id"] for a in answers)
+    for a in answers:
+        if a["action"] == "no_send":
+            assert ranked_blocked(a) == {"min_gap"}, a["ranked"]
+    assert len(messages_in(store_url)) == 1
+
+
+def test_the_api_refuses_times_beyond_the_clock_tolerance(tmp_path: Path, manager: ModelManager) -> None:
+    with make_client(tmp_path, manager, max_clock_skew_s=300.0) as client:
+        clock = pd.Timestamp.now(tz="UTC")
+        for wrong in (
+            clock + pd.Timedelta(hours=1),
+            clock - pd.Timedelta(hours=1),
+            pd.Timestamp("2199-01-01T00:00:00Z"),
+        ):
+            body = {"customer_id": "C1", "context": {"now": wrong.isoformat()}}
+            r = client.post("/v1/score", headers=HEADERS, json=body)
+            assert r.status_code == 422, r.text
+            detail = r.json()["detail"][0]
+            assert detail["loc"] == ["body", "context", "now"], detail
+            assert "300 s" in detail["msg"], detail
+            assert str(clock.year) in detail["msg"], detail
+        assert score(client, "C1", now=clock + pd.Timedelta(seconds=10))["customer_id"] == "C1"
+        batch = {
+            "customers": [
+                {"customer_id": "C1", "context": {"now": clock.isoformat()}},
+                {"customer_id": "C2", "context": {"now": (clock + pd.Timedelta(days=1)).isoformat()}},
+            ]
+        }
+        r = client.post("/v1/score/batch", headers=HEADERS, json=batch)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "customers", 1, "context", "now"]
+        # Events stamped beyond the clock and its tolerance: refused, all or nothing.
+        ok = {
+            "customer_id": "C9",
+            "ts": (clock - pd.Timedelta(hours=1)).isoformat(),
+            "event_type": "page_view",
+        }
+        future = {**ok, "ts": (clock + pd.Timedelta(hours=1)).isoformat()}
+        r = client.post("/v1/events", headers=HEADERS, json={"events": [ok, future]})
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["events", 1, "ts"]
+        assert client.get("/v1/customers/C9", headers=HEADERS).status_code == 404
+        inline = {"customer_id": "C9", "events": [{k: v for k, v in future.items() if k != "customer_id"}]}
+        r = client.post("/v1/score", headers=HEADERS, json=inline)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["events", 0, "ts"]
+        decision = score(client, "C1", now=clock)["next_best_action"]["decision_id"]
+        late = {
+            "decision_id": decision,
+            "outcome": "unsubscribed",
+            "ts": (clock + pd.Timedelta(days=2)).isoformat(),
+        }
+        r = client.post("/v1/feedback", headers=HEADERS, json=late)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "ts"]
+
+
+def test_consent_in_order_an_inline_unsubscribe_blocks_and_a_newer_inline_signup_allows(
+    store_url: str,
+    tmp_path: Path,
+    manager: ModelManager,
+    served: Served,  # noqa: F811
+) -> None:
+    with make_client(tmp_path, manager, store_url, min_uplift=-1.0) as client:
+        customer = sendable_customer(client, served, TEN)  # a signup is stored the day before
+        quit_ = {"ts": (TEN - pd.Timedelta(hours=1)).isoformat(), "event_type": "email_unsubscribe"}
+        answer = score(client, customer, now=TEN, events=[quit_])
+        nba = answer["next_best_action"]
+        assert nba["action"] == "no_send"
+        assert ranked_blocked(nba) == {"consent"}, nba["ranked"]
+        assert any("blocked: consent" in r for r in answer["reasons"]), answer["reasons"]
+        # Stored unsubscription, then a newer signup inline in the request: the rules allow again.
+        stored_quit = {**quit_, "customer_id": customer, "ts": (TEN - pd.Timedelta(minutes=30)).isoformat()}
+        assert client.post("/v1/events", headers=HEADERS, json={"events": [stored_quit]}).status_code == 200
+        assert ranked_blocked(score(client, customer, now=TEN, record=False)["next_best_action"]) == {
+            "consent"
+        }
+        back = {"ts": (TEN - pd.Timedelta(minutes=10)).isoformat(), "event_type": "newsletter_signup"}
+        again = score(client, customer, now=TEN, events=[back])["next_best_action"]
+        assert "consent" not in ranked_blocked(again), again["ranked"]
+        assert again["action"] != "no_send"
+    assert len(messages_in(store_url)) == 1
+
+
+def test_a_preview_records_nothing(
+    store_url: str,
+    tmp_path: Path,
+    manager: ModelManager,
+    served: Served,  # noqa: F811
+) -> None:
+    with make_client(tmp_path, manager, store_url, min_uplift=-1.0) as client:
+        customer = sendable_customer(client, served, TEN)
+
+        def snapshot() -> tuple[Any, ...]:
+            store = open_store(store_url)
+            try:
+                return (
+                    store.export_decisions().to_json(),
+                    store.events([customer]).to_json(),
+                    store.send_state([customer], TEN.to_pydatetime()),
+                )
+            finally:
+                store.close()
+
+        before = snapshot()
+        inline = [{"ts": (TEN - pd.Timedelta(minutes=5)).isoformat(), "event_type": "page_view"}]
+        preview = score(client, customer, now=TEN, events=inline, record=False)["next_best_action"]
+        assert preview["action"] != "no_send"
+        assert preview["decision_id"] is None
+        body = {
+            "customers": [{"customer_id": customer, "context": {"now": TEN.isoformat()}}],
+            "record": False,
+        }
+        r = client.post("/v1/score/batch", headers=HEADERS, json=body)
+        assert r.status_code == 200, r.text
+        assert [x["next_best_action"]["decision_id"] for x in r.json()["results"]] == [None]
+        assert snapshot() == before
+        # The same call recorded does change the store.
+        assert score(client, customer, now=TEN)["next_best_action"]["decision_id"]
+        assert snapshot() != before
+
+
+def test_a_decision_from_the_future_through_the_library_keeps_the_send_history(
+    store_url: str,
+    manager: ModelManager,
+    served: Served,  # noqa: F811
+) -> None:
+    # One kept event per customer, so that the send log alone remembers what was sent.
+    settings = settings_for(store_url=store_url, min_uplift=-1.0, history_len=1)
+    store = open_store(store_url, max_events=1)
+    service = Service(settings, store, manager)
+    customer = active_customers(served, 1)[0]
+    wall = datetime.now(UTC)
+    history = served.events[served.events["customer_id"] == customer].reset_index(drop=True)
+    store.append_events(history)
+    signup_row = history.tail(1).assign(
+        ts=pd.Timestamp(wall) - pd.Timedelta(days=5),
+        event_type="newsletter_signup",
+        channel="email",
+        item_id=None,
+        event_id="signup-now",
+    )
+    store.append_events(signup_row.reset_index(drop=True))
+    try:
+        # The library's `now` is free (backtests): a decision stamped in 2199.
+        future = service.score(
+            [CustomerRequest(customer, empty_events(), datetime(2199, 12, 31, tzinfo=UTC))]
+        )
+        assert future[0]["next_best_action"]["action"] != "no_send"
+        # 64 decisions at the real time, an hour apart.
+        times = [pd.Timestamp(wall) - pd.Timedelta(hours=64 - k) for k in range(64)]
+        answers = [
+            service.score([CustomerRequest(customer, empty_events(), t.to_pydatetime())])[0][
+                "next_best_action"
+            ]
+            for t in times
+        ]
+    finally:
+        store.close()
+    sent = [t for t, a in zip(times, answers, strict=True) if a["action"] != "no_send"]
+    assert sent, "nothing was eligible: the test needs one send"
+    gaps = np.diff([t.value for t in sent]) / 3.6e12
+    assert (gaps >= 16).all(), gaps
+    for t in sent:
+        assert sum(t - pd.Timedelta(days=7) < u <= t for u in sent) <= 3
+    store = open_store(store_url)
+    try:
+        assert store.send_state([customer], wall)[customer].sends_7d == len(sent)
+    finally:
+        store.close()

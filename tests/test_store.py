@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,10 +28,12 @@ import pytest
 import redis
 
 from features.labels import DECISION_COLUMNS
-from features.schema import EVENT_COLUMNS
+from features.policy import RuleConfig
+from features.schema import EVENT_COLUMNS, MESSAGE_ACTIONS
 from serving.store import (
     EXPORT_COLUMNS,
     AppendResult,
+    CommitResult,
     Decision,
     Outcome,
     SendState,
@@ -40,8 +43,21 @@ from serving.store import (
 )
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+M = timedelta(minutes=1)
 H = timedelta(hours=1)
 D = timedelta(days=1)
+# The default rules: 3 messages in 7 days, 10 in 28, 16 hours between any two, a cooldown per action.
+RULES = RuleConfig()
+
+
+def caps(max_7d: int, max_28d: int) -> RuleConfig:
+    """The frequency caps alone (no gap, no cooldowns), for the tests of the caps."""
+    return RuleConfig(
+        max_emails_7d=max_7d,
+        max_emails_28d=max_28d,
+        min_gap_hours=0.0,
+        cooldown_days=dict.fromkeys(MESSAGE_ACTIONS, 0.0),
+    )
 
 
 def ev(customer: str, ts: datetime, event_type: str = "page_view", **fields: Any) -> dict[str, Any]:
@@ -320,7 +336,7 @@ def test_consent_and_send_log_survive_trimming(backend: Backend) -> None:
     store.append_events(frame(rows))
     assert store.events(["c1"])["event_id"].tolist() == [f"view{k}" for k in range(3, 8)]
     assert store.send_state(["c1"], T0 + D)["c1"] == SendState(
-        consent=1.0, sends_7d=1, sends_28d=1, last_send={"cart_abandonment": T0 + H}
+        consent=1.0, sends_7d=1, sends_28d=1, last_send={"cart_abandonment": T0 + H}, consent_ts=T0
     )
 
 
@@ -403,6 +419,8 @@ def test_consent_is_the_latest_consent_event_by_ts(store: Store) -> None:
     assert consent() == 0.0
     store.append_events(frame([ev("c1", T0 + 3 * H, "newsletter_signup", channel="email")]))
     assert consent() == 1.0
+    # The state carries when the consent event that set it happened.
+    assert store.send_state(["c1"], T0 + D)["c1"].consent_ts == T0 + 3 * H
 
 
 def test_send_log_forgets_sends_90_days_older_than_the_newest(store: Store) -> None:
@@ -419,51 +437,49 @@ def test_send_log_forgets_sends_90_days_older_than_the_newest(store: Store) -> N
 
 def test_commit_refuses_the_fourth_message_in_seven_days(store: Store) -> None:
     for k in range(3):
-        assert store.commit_decision(decision(f"d{k}", "c1", T0 + k * D), max_sends_7d=3, max_sends_28d=10)
-    assert not store.commit_decision(decision("d3", "c1", T0 + 3 * D), max_sends_7d=3, max_sends_28d=10)
+        assert store.commit_decision(decision(f"d{k}", "c1", T0 + k * D), caps(3, 10))
+    assert not store.commit_decision(decision("d3", "c1", T0 + 3 * D), caps(3, 10))
     assert store.decision("d3") is None
     assert [d.decision_id for d in store.decisions_of("c1")] == ["d2", "d1", "d0"]
     assert store.send_state(["c1"], T0 + 3 * D)["c1"].sends_7d == 3
     assert (store.events(["c1"])["event_type"] == "email_sent").sum() == 3
     assert "d3" not in store.export_decisions()["decision_id"].tolist()
     # A week after the first send, (ts-7d, ts] holds only two: the fourth goes out.
-    assert store.commit_decision(decision("d4", "c1", T0 + 7 * D), max_sends_7d=3, max_sends_28d=10)
+    assert store.commit_decision(decision("d4", "c1", T0 + 7 * D), caps(3, 10))
 
 
 def test_commit_decisions_applies_the_cap_within_one_batch(store: Store) -> None:
     batch = [decision(f"b{k}", "c1", T0 + k * H) for k in range(5)] + [decision("n0", "c2", T0, "no_send")]
-    assert store.commit_decisions(batch, max_sends_7d=3, max_sends_28d=10) == [True] * 3 + [False] * 2 + [
-        True
-    ]
+    assert [bool(r) for r in store.commit_decisions(batch, caps(3, 10))] == [True] * 3 + [False] * 2 + [True]
     assert sorted(d.decision_id for d in store.decisions_of("c1")) == ["b0", "b1", "b2"]
     assert store.decision("n0") is not None
     assert store.send_state(["c1"], T0 + 5 * H)["c1"].sends_7d == 3
 
 
 def test_commit_applies_the_28_day_cap(store: Store) -> None:
-    assert store.commit_decision(decision("d0", "c1", T0), 3, 2)
-    assert store.commit_decision(decision("d1", "c1", T0 + 8 * D), 3, 2)
-    assert not store.commit_decision(decision("d2", "c1", T0 + 16 * D), 3, 2)
-    assert store.commit_decision(decision("d3", "c1", T0 + 28 * D), 3, 2)  # d0 left the window
+    assert store.commit_decision(decision("d0", "c1", T0), caps(3, 2))
+    assert store.commit_decision(decision("d1", "c1", T0 + 8 * D), caps(3, 2))
+    assert not store.commit_decision(decision("d2", "c1", T0 + 16 * D), caps(3, 2))
+    assert store.commit_decision(decision("d3", "c1", T0 + 28 * D), caps(3, 2))  # d0 left the window
 
 
 def test_commit_counts_sends_stamped_after_the_decision(store: Store) -> None:
     # Another replica's clock ran ahead: three sends stamped after this decision are already logged, and
     # with a fourth at T0 the window (T0 + 3h - 7d, T0 + 3h] would hold four.
     for k in range(1, 4):
-        assert store.commit_decision(decision(f"d{k}", "c1", T0 + k * H), 3, 10)
-    assert not store.commit_decision(decision("d0", "c1", T0), 3, 10)
+        assert store.commit_decision(decision(f"d{k}", "c1", T0 + k * H), caps(3, 10))
+    assert not store.commit_decision(decision("d0", "c1", T0), caps(3, 10))
     # Exactly 7 days before the first of them, no 7-day window holds both: allowed.
-    assert store.commit_decision(decision("d-1", "c1", T0 + H - 7 * D), 3, 10)
+    assert store.commit_decision(decision("d-1", "c1", T0 + H - 7 * D), caps(3, 10))
 
 
 def test_commit_counts_sends_posted_as_events(store: Store) -> None:
     store.append_events(frame([sent("c1", T0 - k * H, "cross_sell", event_id=f"m{k}") for k in range(3)]))
-    assert not store.commit_decision(decision("d0", "c1", T0), 3, 10)
+    assert not store.commit_decision(decision("d0", "c1", T0), caps(3, 10))
 
 
 def test_committed_message_adds_its_send_and_event(store: Store) -> None:
-    assert store.commit_decision(decision("d0", "c1", T0, "welcome_series"), 3, 10)
+    assert store.commit_decision(decision("d0", "c1", T0, "welcome_series"), caps(3, 10))
     events = store.events(["c1"])
     assert len(events) == 1
     row = events.iloc[0]
@@ -478,17 +494,17 @@ def test_committed_message_adds_its_send_and_event(store: Store) -> None:
     echo = sent("c1", T0, "welcome_series", event_id="decision:d0")
     assert store.append_events(frame([echo])).duplicates == 1
     # Committing the same decision again (a retried request) stands and changes nothing.
-    assert store.commit_decision(decision("d0", "c1", T0, "welcome_series"), 3, 10)
+    assert store.commit_decision(decision("d0", "c1", T0, "welcome_series"), caps(3, 10))
     assert store.send_state(["c1"], T0)["c1"].sends_7d == 1
     assert len(store.export_decisions()) == 1
 
 
 def test_no_send_is_always_stored(store: Store) -> None:
     for k in range(3):
-        assert store.commit_decision(decision(f"d{k}", "c1", T0 + k * H), 3, 10)
+        assert store.commit_decision(decision(f"d{k}", "c1", T0 + k * H), caps(3, 10))
     for k in range(3, 5):
-        assert store.commit_decision(decision(f"d{k}", "c1", T0 + k * H, "no_send"), 3, 10)
-    assert store.commit_decision(decision("d5", "c1", T0 + 5 * H, "no_send"), 0, 0)
+        assert store.commit_decision(decision(f"d{k}", "c1", T0 + k * H, "no_send"), caps(3, 10))
+    assert store.commit_decision(decision("d5", "c1", T0 + 5 * H, "no_send"), caps(0, 0))
     assert [d.action for d in store.decisions_of("c1", limit=3)] == ["no_send"] * 3
     assert store.send_state(["c1"], T0 + D)["c1"].sends_7d == 3
     assert len(store.events(["c1"])) == 3
@@ -502,9 +518,9 @@ def test_decision_round_trip_and_newest_first(store: Store) -> None:
     original = decision(
         "x", "c1", T0 + timedelta(microseconds=7), "no_send", propensity=0.25, control=True, detail=detail
     )
-    store.commit_decision(original, 3, 10)
-    store.commit_decision(decision("y", "c1", T0 + H, "no_send"), 3, 10)
-    store.commit_decision(decision("z", "c1", T0 + H, "no_send"), 3, 10)
+    store.commit_decision(original, caps(3, 10))
+    store.commit_decision(decision("y", "c1", T0 + H, "no_send"), caps(3, 10))
+    store.commit_decision(decision("z", "c1", T0 + H, "no_send"), caps(3, 10))
     assert store.decision("x") == original
     assert store.decision("x").ts.tzinfo is not None  # type: ignore[union-attr]
     assert store.decision("nope") is None
@@ -538,7 +554,7 @@ def test_threads_with_their_own_stores_never_exceed_the_cap(backend: Backend) ->
     def worker(k: int, store: Store) -> None:
         barrier.wait(timeout=30)
         for i in range(5):
-            ok = store.commit_decision(decision(f"t{k}-{i}", "c1", T0 + i * H), 3, 10)
+            ok = store.commit_decision(decision(f"t{k}-{i}", "c1", T0 + i * H), caps(3, 10)).ok
             with lock:
                 results.append(ok)
 
@@ -560,7 +576,8 @@ def _race(url: str, worker: int, barrier: Any, results: Any) -> None:
     try:
         barrier.wait(timeout=60)
         won = sum(
-            store.commit_decision(decision(f"p{worker}-{i}", "c1", T0 + i * H), 3, 10) for i in range(5)
+            store.commit_decision(decision(f"p{worker}-{i}", "c1", T0 + i * H), caps(3, 10)).ok
+            for i in range(5)
         )
         results.put(won)
     finally:
@@ -585,12 +602,160 @@ def test_processes_with_their_own_stores_never_exceed_the_cap(backend: Backend) 
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Fatigue, consent and time: every rule that reads the past is held in the commit.
+
+
+def test_the_same_decision_a_minute_apart_sends_once(store: Store) -> None:
+    ten = datetime(2026, 11, 20, 10, tzinfo=UTC)
+    results = [
+        store.commit_decision(decision(f"r{k}", "c1", ten + k * M, "loyalty_reward"), RULES)
+        for k in (1, 2, 3)
+    ]
+    assert results == [CommitResult(True), CommitResult(False, "min_gap"), CommitResult(False, "min_gap")]
+    assert store.commit_decision(decision("r4", "c1", ten + 4 * M, "cart_abandonment"), RULES) == (
+        CommitResult(False, "min_gap")
+    )
+    assert store.send_state(["c1"], ten + H)["c1"].sends_7d == 1
+    assert [d.decision_id for d in store.decisions_of("c1")] == ["r1"]
+    assert (store.events(["c1"])["event_type"] == "email_sent").sum() == 1
+    # Sixteen hours after the send, another action may go; the loyalty reward waits for its cooldown.
+    assert store.commit_decision(decision("r5", "c1", ten + M + 16 * H, "cart_abandonment"), RULES)
+    assert store.commit_decision(decision("r6", "c1", ten + M + 40 * H, "loyalty_reward"), RULES) == (
+        CommitResult(False, "cooldown_loyalty_reward")
+    )
+
+
+def test_the_gap_counts_sends_stamped_after_the_decision_and_posted_as_events(store: Store) -> None:
+    # Another replica's clock ran ahead: a send 10 hours after this decision is already logged.
+    assert store.commit_decision(decision("late", "c1", T0 + 10 * H, "cross_sell"), RULES)
+    assert store.commit_decision(decision("early", "c1", T0, "cart_abandonment"), RULES).rule == "min_gap"
+    # Exactly the gap before it: allowed.
+    assert store.commit_decision(decision("earlier", "c1", T0 - 6 * H, "cart_abandonment"), RULES)
+    # A send the platform posted as an event counts like a committed one.
+    store.append_events(frame([sent("c2", T0, "cross_sell", event_id="m0")]))
+    assert store.commit_decision(decision("d0", "c2", T0 + 15 * H, "welcome_series"), RULES).rule == "min_gap"
+
+
+def test_a_seven_day_cooldown_holds_for_seven_days_then_frees(store: Store) -> None:
+    assert RULES.cooldown_days["browse_abandonment"] == 7
+    assert store.commit_decision(decision("b0", "c1", T0, "browse_abandonment"), RULES)
+    for k, when in enumerate([T0 + D, T0 + 3 * D, T0 + 7 * D - timedelta(seconds=1)]):
+        refused = store.commit_decision(decision(f"b{k + 1}", "c1", when, "browse_abandonment"), RULES)
+        assert refused == CommitResult(False, "cooldown_browse_abandonment"), when
+    # Only that action waits: another one goes once the gap has passed.
+    assert store.commit_decision(decision("x0", "c1", T0 + 2 * D, "cart_abandonment"), RULES)
+    assert store.commit_decision(decision("b9", "c1", T0 + 7 * D, "browse_abandonment"), RULES)
+    assert store.send_state(["c1"], T0 + 7 * D)["c1"].last_send["browse_abandonment"] == T0 + 7 * D
+    # A send of the action stamped after the decision (a clock ahead) holds it too.
+    assert store.commit_decision(decision("w1", "c2", T0 + 5 * D, "winback_offer"), RULES)
+    assert store.commit_decision(decision("w0", "c2", T0, "winback_offer"), RULES) == (
+        CommitResult(False, "cooldown_winback_offer")
+    )
+
+
+def test_quiet_hours_refuse_messages_but_not_no_send(store: Store) -> None:
+    rules = RuleConfig(quiet_hours=(21, 8), timezone="Europe/Berlin")
+    night = datetime(2026, 11, 20, 21, 30, tzinfo=UTC)  # 22:30 in Berlin
+    assert store.commit_decision(decision("q0", "c1", night, "cart_abandonment"), rules) == (
+        CommitResult(False, "quiet_hours")
+    )
+    assert store.commit_decision(decision("q1", "c1", night, "no_send"), rules)
+    morning = datetime(2026, 11, 21, 7, tzinfo=UTC)  # 08:00 in Berlin: the quiet hours are over
+    assert store.commit_decision(decision("q2", "c1", morning, "cart_abandonment"), rules)
+    assert store.send_state(["c1"], morning)["c1"].sends_7d == 1
+    assert store.decision("q0") is None
+
+
+def test_fifty_concurrent_commits_for_one_customer_send_one_message(backend: Backend) -> None:
+    replicas = [backend.open(), backend.open()]  # two store objects: two replicas on one store
+    actions = sorted(MESSAGE_ACTIONS)
+    barrier = threading.Barrier(50)
+
+    def attempt(k: int) -> CommitResult:
+        barrier.wait(timeout=30)
+        d = decision(f"burst-{k}", "c1", T0 + k * timedelta(seconds=1), actions[k % len(actions)])
+        return replicas[k % 2].commit_decision(d, RULES)
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        results = list(pool.map(attempt, range(50)))
+    assert sum(r.ok for r in results) == 1
+    assert {r.rule for r in results if not r.ok} == {"min_gap"}
+    check = backend.open()
+    assert check.send_state(["c1"], T0 + H)["c1"].sends_7d == 1
+    assert len(check.decisions_of("c1")) == 1
+    assert len(check.events(["c1"])) == 1
+
+
+def test_a_stored_unsubscribe_newer_than_the_decisions_consent_refuses_it(store: Store) -> None:
+    store.append_events(frame([ev("c1", T0, "newsletter_signup", channel="email")]))
+    state = store.send_state(["c1"], T0 + H)["c1"]
+    assert (state.consent, state.consent_ts) == (1.0, T0)
+    # The decision relied on that signup; an unsubscribe is stored before it commits.
+    store.append_events(frame([ev("c1", T0 + 2 * H, "email_unsubscribe", channel="email")]))
+    assert store.commit_decision(decision("d0", "c1", T0 + 3 * H, consent_ts=T0), RULES) == (
+        CommitResult(False, "consent")
+    )
+    assert store.commit_decision(decision("d1", "c1", T0 + 3 * H), RULES).rule == "consent"  # relied on none
+    # At the same time, the unsubscription wins.
+    assert store.commit_decision(decision("d2", "c1", T0 + 3 * H, consent_ts=T0 + 2 * H), RULES).rule == (
+        "consent"
+    )
+    assert store.commit_decision(decision("d3", "c1", T0 + 3 * H, "no_send", consent_ts=T0), RULES)
+    # A signup newer than the stored unsubscription (inline in the request): the send stands.
+    assert store.commit_decision(decision("d4", "c1", T0 + 3 * H, consent_ts=T0 + 2 * H + M), RULES)
+    assert store.send_state(["c1"], T0 + D)["c1"].sends_7d == 1
+    # Without the consent rule, the commit does not read consent.
+    store.append_events(frame([ev("c2", T0, "email_unsubscribe", channel="email")]))
+    assert store.commit_decision(decision("d5", "c2", T0 + H), RuleConfig(require_consent=False))
+
+
+def test_a_decision_from_the_future_does_not_shorten_the_send_history(store: Store) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    past = [(1, "cross_sell"), (2, "cart_abandonment"), (6, "winback_offer")]
+    store.append_events(frame([sent("c1", now - k * D, a, event_id=f"m{k}") for k, a in past]))
+    # A decision and a posted send stamped far in the future (a client's clock, a backtest).
+    assert store.commit_decision(decision("future", "c1", datetime(2199, 12, 31, tzinfo=UTC)), RULES)
+    store.append_events(frame([sent("c1", datetime(2199, 6, 1, tzinfo=UTC), "cross_sell", event_id="mf")]))
+    assert store.send_state(["c1"], now)["c1"].sends_7d == 3
+    assert store.commit_decision(decision("today", "c1", now, "feedback_request"), RULES) == (
+        CommitResult(False, "frequency_cap_7d")
+    )
+    # 64 later decisions at the real time, an hour apart: the cap frees one send when the send of 6 days
+    # ago leaves the week, and the gap holds the rest.
+    actions = sorted(MESSAGE_ACTIONS)
+    results = [
+        store.commit_decision(decision(f"t{k}", "c1", now + k * H, actions[k % len(actions)]), RULES)
+        for k in range(64)
+    ]
+    assert [k for k, r in enumerate(results) if r] == [24]
+    assert {r.rule for r in results[:24]} == {"frequency_cap_7d"}
+
+
+def test_the_send_log_is_pruned_relative_to_the_wall_clock_not_a_future_send(store: Store) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    old = [sent("c1", now - 100 * D, "cross_sell", event_id="old"), sent("c1", now - 80 * D, "cross_sell")]
+    store.append_events(frame(old))
+    assert store.send_state(["c1"], now - 99 * D)["c1"].sends_7d == 1  # kept: the newest is 20 days later
+    store.append_events(frame([sent("c1", datetime(2199, 1, 1, tzinfo=UTC), "cross_sell", event_id="f")]))
+    # 90 days before the wall clock, not before 2199: the send of 80 days ago stays.
+    assert store.send_state(["c1"], now)["c1"].last_send == {"cross_sell": now - 80 * D}
+    assert store.send_state(["c1"], now - 99 * D)["c1"].sends_7d == 0
+
+
+def test_rules_the_send_log_cannot_hold_are_refused(store: Store) -> None:
+    longer = RuleConfig.from_dict({"cooldown_days": {"loyalty_reward": 120}})
+    with pytest.raises(ValueError, match="send log"):
+        store.commit_decision(decision("d0", "c1", T0, "loyalty_reward"), longer)
+    assert store.decision("d0") is None
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Outcomes and the export.
 
 
 def test_record_outcome(store: Store) -> None:
     assert not store.record_outcome("nope", Outcome("delivered", T0))
-    store.commit_decision(decision("d0", "c1", T0), 3, 10)
+    store.commit_decision(decision("d0", "c1", T0), caps(3, 10))
     assert store.record_outcome("d0", Outcome("purchased", T0 + H, revenue=59.9))
     # The second report of the same kind changes nothing but is not an error.
     assert store.record_outcome("d0", Outcome("purchased", T0 + 2 * H, revenue=100.0))
@@ -605,17 +770,15 @@ def test_export_columns_types_and_values(store: Store) -> None:
         decision(
             "dec-b", "c1", T0, propensity=0.8, model_version="7", inputs_digest="abc", expected_uplift=0.12
         ),
-        3,
-        10,
+        caps(3, 10),
     )
     store.commit_decision(
         decision(
             "dec-a", "c2", T0, "no_send", propensity=0.5, control=True, stage="awareness", expected_uplift=0.0
         ),
-        3,
-        10,
+        caps(3, 10),
     )
-    store.commit_decision(decision("dec-c", "c1", T0 + H, "welcome_series", stage="awareness"), 3, 10)
+    store.commit_decision(decision("dec-c", "c1", T0 + H, "welcome_series", stage="awareness"), caps(3, 10))
     store.record_outcome("dec-b", Outcome("delivered", T0 + timedelta(minutes=1)))
     store.record_outcome("dec-b", Outcome("opened", T0 + 2 * H))
     store.record_outcome("dec-b", Outcome("purchased", T0 + 3 * H, revenue=59.9))
@@ -673,10 +836,10 @@ def test_erase_leaves_nothing_of_the_customer(backend: Backend) -> None:
         ev(kept, T0, "newsletter_signup", channel="email", event_id="sub-2"),
     ]
     store.append_events(frame(rows))
-    store.commit_decision(decision("dx-81", gone, T0 + 6 * H), 3, 10)  # adds a sixth event: trims one
-    store.commit_decision(decision("dx-82", gone, T0 + 7 * H, "no_send"), 3, 10)
+    store.commit_decision(decision("dx-81", gone, T0 + 6 * H), caps(3, 10))  # adds a sixth event: trims one
+    store.commit_decision(decision("dx-82", gone, T0 + 7 * H, "no_send"), caps(3, 10))
     store.record_outcome("dx-81", Outcome("opened", T0 + 8 * H))
-    store.commit_decision(decision("dk-91", kept, T0, "no_send"), 3, 10)
+    store.commit_decision(decision("dk-91", kept, T0, "no_send"), caps(3, 10))
 
     assert store.erase(gone) == 5 + 2
     assert store.events([gone]).empty

@@ -20,9 +20,11 @@ from features.schema import ACTIONS, STAGES
 from features.simulate import SimConfig, simulate
 from training.data import DEFAULT_TARGETS, FeatureBuild, from_encoded
 from training.registry import (
+    CHALLENGER,
     CHAMPION,
     GATE_METRICS,
     MODEL_NAME,
+    GateConfig,
     configure,
     gate,
     gate_metrics_for,
@@ -159,21 +161,144 @@ def test_promote_moves_the_alias_only_for_a_better_candidate(
         scorer.model_config, FitConfig(max_epochs=1, batch_size=4096, lr=1e-6), progress=False
     )
     untrained.fit(build.split("train").subset(np.arange(64)), build.split("valid"))
+    champion_only = GateConfig(compare_baselines=False)  # the baselines have tests of their own below
     with mlflow.start_run():
         good = str(log_scorer(scorer, build.vocab, events))
-    first = promote(build.path, good)
-    assert first.promoted
+    first = promote(build.path, good, gate_config=champion_only)
+    assert first.promoted, first.summary()
     with mlflow.start_run():
         bad = str(log_scorer(untrained, build.vocab, events))
-    refused = promote(build.path, bad)
+    refused = promote(build.path, bad, gate_config=champion_only)
     assert not refused.promoted
     assert refused.failures
+    assert any("champion" in f for f in refused.failures), refused.failures
     client = mlflow.MlflowClient()
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == good
-    forced = promote(build.path, bad, force=True)
+    forced = promote(build.path, bad, force=True, gate_config=champion_only)
     assert forced.promoted
     assert forced.forced
     assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == bad
+
+
+def _register_with_run_baselines(
+    scorer: SequenceScorer,
+    build: FeatureBuild,
+    events: pd.DataFrame,
+    baselines: dict[str, dict[str, float]],
+    digest: str | None = None,
+) -> str:
+    """Registers the scorer from a run that looks like a training run of `build` with these baselines."""
+    test_rows = len(build.split("test"))
+    with mlflow.start_run():
+        mlflow.set_tags({"features_digest": digest or build.manifest["input"]["digest"],
+                         "test_rows": str(test_rows), "baselines": ",".join(baselines)})  # fmt: skip
+        mlflow.log_params({"baselines.baselines": "[" + ", ".join(baselines) + "]"})
+        for name, values in baselines.items():
+            mlflow.log_metrics({f"{name}/{k}": v for k, v in values.items()})
+        return str(log_scorer(scorer, build.vocab, events))
+
+
+def test_promote_refuses_a_candidate_below_the_best_baseline_of_its_own_run(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path, store: Path
+) -> None:
+    events = _events_of(shop, "C0000007").head(20)
+    strong = {"lightgbm_aggregates": {"churn_30d/roc_auc": 0.999}, "popularity": {"rec/ndcg_at_10": 0.001}}
+    version = _register_with_run_baselines(scorer, build, events, strong)
+    refused = promote(build.path, version)
+    assert not refused.promoted
+    assert len(refused.failures) == 1, refused.failures
+    assert refused.failures[0].startswith("churn_30d/roc_auc")
+    assert "best baseline lightgbm_aggregates (0.9990)" in refused.failures[0]
+    assert "logged by the candidate's training run" in refused.baseline_source
+    assert refused.failures[0] in refused.summary()
+    client = mlflow.MlflowClient()
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        client.get_model_version_by_alias(MODEL_NAME, CHAMPION)
+    logged = mlflow.search_runs(experiment_names=["journey-promotions"])
+    assert list(logged["tags.decision"]) == ["refused"]
+    assert "churn_30d/roc_auc" in logged["tags.gate_reasons"].iloc[0]
+    # The same model from a run whose baselines it beats is promoted.
+    weak = {"lightgbm_aggregates": {"churn_30d/roc_auc": 0.6}, "popularity": {"rec/ndcg_at_10": 0.001}}
+    version = _register_with_run_baselines(scorer, build, events, weak)
+    accepted = promote(build.path, version)
+    assert accepted.promoted, accepted.summary()
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == version
+
+
+def test_promote_fits_the_baselines_on_another_build_than_the_candidates(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path, store: Path
+) -> None:
+    events = _events_of(shop, "C0000007").head(20)
+    logged = {"popularity": {"rec/ndcg_at_10": 0.999}}  # figures of another build: not comparable
+    version = _register_with_run_baselines(scorer, build, events, logged, digest="another-build")
+    decision = promote(build.path, version)
+    assert decision.baseline_source.startswith("fitted on"), decision.baseline_source
+    assert set(decision.baselines) == {"popularity"}  # the run's baseline settings
+    fitted = decision.baselines["popularity"]["rec/ndcg_at_10"]
+    assert 0.0 < fitted < 0.999
+    assert decision.promoted == (decision.candidate_metrics["rec/ndcg_at_10"] >= fitted - 0.01)
+
+
+def test_promoting_the_champion_again_changes_nothing_and_says_so(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path, store: Path
+) -> None:
+    events = _events_of(shop, "C0000007").head(20)
+    with mlflow.start_run():
+        version = str(log_scorer(scorer, build.vocab, events))
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
+    decision = promote(build.path, version)
+    assert decision.already_champion
+    assert not decision.promoted
+    assert not decision.failures
+    text = decision.summary()
+    assert "already the champion" in text
+    assert "nan" not in text.lower()
+    assert "promoted" not in text
+    assert (
+        mlflow.get_experiment_by_name("journey-promotions") is None
+        or mlflow.search_runs(experiment_names=["journey-promotions"]).empty
+    )
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version) == version
+    from typer.testing import CliRunner
+
+    from journey.cli import app
+
+    cli = CliRunner().invoke(app, ["promote", "--features", str(build.path), "--candidate", CHAMPION])
+    assert cli.exit_code == 0, cli.output
+    assert "already the champion" in cli.output
+
+
+def test_train_registers_nothing_when_the_model_fails_the_gate(
+    scorer: SequenceScorer, build: FeatureBuild, shop: Path, store: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from journey.cli import app
+
+    with mlflow.start_run():
+        earlier = str(log_scorer(scorer, build.vocab, _events_of(shop, "C0000007").head(20)))
+    args = [
+        "train", "--features", str(build.path), "--no-progress",
+        "--set", "fit.max_epochs=1", "--set", "fit.max_train_rows=1000", "--set", "model.d_model=16",
+        "--set", "model.n_layers=1", "--set", "baselines.enabled=false", "--set", "n_boot=0",
+        "--set", "journey_map.enabled=false", "--set", "experiment=gate",
+        "--set", "gate.floors={roc_auc: 0.999}",  # no model reaches it
+    ]  # fmt: skip
+    cli = CliRunner().invoke(app, args)
+    assert cli.exit_code == 3, cli.output
+    assert "NOT registered" in cli.output
+    assert "purchase_7d/roc_auc" in cli.output
+    assert "below the floor 0.9990" in cli.output
+    client = mlflow.MlflowClient()
+    versions = client.search_model_versions(f"name='{MODEL_NAME}'")
+    assert [str(v.version) for v in versions] == [earlier]  # nothing new registered
+    assert str(client.get_model_version_by_alias(MODEL_NAME, CHALLENGER).version) == earlier
+    run = mlflow.search_runs(experiment_names=["gate"]).iloc[0]
+    assert run["tags.gate"] == "refused"
+    assert "churn_30d/roc_auc" in run["tags.gate_reasons"]
+    assert "tags.registered_version" not in run or not isinstance(run["tags.registered_version"], str)
+    assert np.isfinite(run["metrics.sequence/purchase_7d/roc_auc"])  # the run keeps the model's metrics
 
 
 def _score(scorer: SequenceScorer, build: FeatureBuild, events: pd.DataFrame, now: str) -> tuple:
@@ -224,16 +349,23 @@ def test_cart_and_checkout_move_the_stage_toward_decision(
         now = NOW
         events = events[events["ts"] < pd.Timestamp(now)]
         base, _ = _score(scorer, build, events, now)
+        # Purchase intent as the hindsight rule defines it (features/labels.py, decision): at least three
+        # carts or checkouts without an order.
         cart = _with(
             events,
             ("2026-04-20T10:00:00+00:00", "product_view", item),
             ("2026-04-20T10:05:00+00:00", "add_to_cart", item),
+            ("2026-04-20T10:06:00+00:00", "add_to_cart", item),
             ("2026-04-20T10:08:00+00:00", "checkout_start", None),
         )
         after, _ = _score(scorer, build, cart, now)
         moved.append(after.stage_proba[0, decision] - base.stage_proba[0, decision])
     assert np.mean(moved) > 0.02, moved
-    assert sum(m > 0 for m in moved) >= 6, moved
+    # Under the order-based labels a recent buyer's checkout reads as the next order (post_purchase), so
+    # for the recent buyers among the eight the decision share barely moves (measured: 5 of 8 rise, the
+    # rest within 0.05); the first-time and lapsed ones move strongly.
+    assert sum(m > 0 for m in moved) >= 5, moved
+    assert min(moved) > -0.1, moved
 
 
 def test_an_unrelated_page_view_barely_moves_the_stage(
@@ -280,6 +412,8 @@ def test_torchrun_two_processes_train_and_register_once(build: FeatureBuild, tmp
         "--set", "fit.max_epochs=3", "--set", "fit.patience=3", "--set", "model.d_model=32",
         "--set", "model.n_layers=1", "--set", "baselines.enabled=false", "--set", "n_boot=0",
         "--set", "experiment=ddp",
+        # A 3-epoch toy model scores below the gate's floors; this test is about DDP registering once.
+        "--force-register",
     ]  # fmt: skip
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -12,7 +12,7 @@ an interval also has `<name>_lo` and `<name>_hi` (95 % percentile bootstrap over
   `stage/f1/<s>`; `stage_true/...` the same against the simulator's latent stage when `truth` is given.
 * propensities: `<t>/roc_auc`, `<t>/pr_auc`, `<t>/log_loss`, `<t>/ece` (intervals), `<t>/base_rate`,
   `<t>/mean_predicted`, `<t>/n_rows`. <t> is a key of `Predictions.propensity` (purchase_7d,
-  purchase_30d, churn_30d, unsubscribe).
+  purchase_30d, churn_30d, unsubscribe: on the rows with a logged send only, as it means "if mailed").
 * recommendations (full catalogue; rows without a relevant item left out): `rec/recall_at_K`,
   `rec/ndcg_at_K`, `rec/mrr_at_K`, `rec/hit_at_K` (intervals), `rec/coverage_at_K`, `rec/n_rows`; and the
   same under `rec/repeat/` and `rec/explore/` (relevant items the customer had / had not interacted with in
@@ -300,7 +300,10 @@ def _propensity_labels(data: FeatureData, target: str) -> np.ndarray | None:
     if target in data.targets:
         return np.asarray(data.targets[target], dtype=np.float64)
     if target == "unsubscribe":
-        return np.asarray(data.unsubscribed, dtype=np.float64)
+        # "Unsubscribe if mailed", as the models learn it: only rows with a logged send (not no_send) have
+        # the label; a row sent nothing has an outcome of 0 that says nothing about the head.
+        sent = (data.logged_action >= 0) & (data.logged_action != NO_SEND)
+        return np.where(sent, np.asarray(data.unsubscribed, dtype=np.float64), np.nan)
     return None
 
 

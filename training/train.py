@@ -18,12 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 import torch.distributed as dist
+import yaml
 
 from features.build import input_files, load_settings
-from features.policy import RuleConfig
+from features.policy import RuleConfig, load_rules
 from training.data import FeatureBuild, FeatureData
 from training.evaluate import EvaluationResult, evaluate, load_sim_truth, markdown_table, results_table
 from training.interface import Predictions, Scorer
@@ -31,12 +33,15 @@ from training.model import ModelConfig
 from training.registry import (
     CHAMPION,
     MODEL_NAME,
+    GateConfig,
     GateDecision,
     champion_version,
+    check_gate,
     configure,
-    gate,
     gate_metrics_for,
     log_scorer,
+    majority_stage_accuracy,
+    majority_stage_macro_f1,
     resolve_version,
 )
 from training.sequence import FitConfig, SequenceScorer, model_config_for
@@ -46,6 +51,10 @@ log = logging.getLogger(__name__)
 JOURNEY_MAP_SETTINGS = frozenset(
     {"enabled", "max_customers", "segments", "k", "window_days", "max_segments", "seed"}
 )
+
+
+# The service's settings: the offline evaluation applies its rules (`TrainConfig.rules`).
+SERVE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "serve.yaml"
 
 
 @dataclass(frozen=True)
@@ -61,7 +70,14 @@ class TrainConfig:
         baselines: `training.baselines.BaselineConfig` fields; `enabled: false` skips them.
         ks: recommendation cut-offs.
         n_boot: bootstrap resamples for the intervals.
-        register: log and register the model.
+        register: log and register the model (only if it passes the gate: see `gate`).
+        gate: what the model must reach to be registered, and to be promoted later
+            (`training.registry.GateConfig` fields: `floors`, `baseline_tolerance`,
+            `champion_tolerance`, `compare_baselines`, `metrics`); checked here against the floors and
+            the baselines of this run on the same test rows.
+        rules: the serve settings file whose `rules:` section the offline policy evaluation applies
+            (consent, fatigue, eligibility), so that it judges decisions as the service will; None: the
+            project's `configs/serve.yaml`.
         journey_map: the journey map logged with the run (`training.journey_map.build_journey_map`
             options): `enabled` (true), `max_customers` (5,000: larger builds are mapped on a seeded
             sample, as scoring every cutoff of 20,000 customers takes minutes on two cores),
@@ -78,9 +94,13 @@ class TrainConfig:
     n_boot: int = 200
     register: bool = True
     journey_map: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    rules: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here, not after an hour of training.
+        self.gate_config()
+        self.rule_config()
         unknown = sorted(set(self.journey_map) - JOURNEY_MAP_SETTINGS)
         if unknown:
             raise ValueError(
@@ -100,6 +120,13 @@ class TrainConfig:
         if "ks" in data:
             data["ks"] = tuple(data["ks"])
         return cls(**data)
+
+    def rule_config(self) -> RuleConfig:
+        """The business rules of the offline evaluation: the service's own file (see `rules`)."""
+        return load_rules(Path(self.rules) if self.rules else SERVE_CONFIG)
+
+    def gate_config(self) -> GateConfig:
+        return GateConfig.from_dict(self.gate)
 
     def fit_config(self) -> FitConfig:
         values = dict(self.fit)
@@ -131,10 +158,26 @@ def init_distributed() -> bool:
 
 @dataclass
 class TrainResult:
+    """What a training run made.
+
+    Attributes:
+        version: the registered version, None when nothing was registered (`register: false`, or the
+            model failed the gate and was not forced).
+        gate_failures: the gate's reasons to refuse the model, one line each ([]: it passed).
+        forced: registered although the gate failed.
+    """
+
     run_id: str | None
     version: str | None
     results: list[EvaluationResult]
     seconds: dict[str, float]
+    gate_failures: list[str] = field(default_factory=list)
+    forced: bool = False
+
+    @property
+    def refused(self) -> bool:
+        """The model failed the gate and was therefore not registered."""
+        return bool(self.gate_failures) and self.version is None
 
 
 def fit_baselines(
@@ -174,7 +217,7 @@ def evaluate_scorers(
                 catalogue_size=len(build.catalogue),
                 ks=config.ks,
                 truth=truth,
-                rules=RuleConfig(),
+                rules=config.rule_config(),
                 n_boot=config.n_boot,
                 name=name,
             )
@@ -182,8 +225,18 @@ def evaluate_scorers(
     return results
 
 
-def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
-    """Fits the model and the baselines, evaluates them on the test window, logs and registers."""
+def train(config: TrainConfig, *, progress: bool = True, force_register: bool = False) -> TrainResult:
+    """Fits the model and the baselines, evaluates them on the test window, logs, and registers the model
+    if it passes the gate.
+
+    The gate (`config.gate`) refuses a model with a gate metric that is NaN (a head without labelled test
+    rows), below its floor, or below the best baseline of this run on the same test rows by more than the
+    tolerance. A refused model is not registered (the alias `challenger` does not move): the run keeps
+    every metric, the tag `gate` (passed / refused / forced) and the tag `gate_reasons`, one line each.
+
+    Args:
+        force_register: register even if the gate fails (tag `gate` = forced, and a warning).
+    """
     distributed = init_distributed()
     rank = _rank()
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
@@ -200,6 +253,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         mlflow.log_params({k: str(v)[:500] for k, v in flat.items()})
         mlflow.log_dict(asdict(config), "config.yaml")
         mlflow.log_dict(build.manifest, "features_manifest.json")
+        mlflow.log_dict(config.rule_config().to_dict(), "rules.yaml")  # what the policy evaluation applied
         _log_dataset(build)
         mlflow.set_tags(
             {
@@ -227,6 +281,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     for r in results:
         mlflow.log_metrics(r.as_metrics(f"{r.name}/"))
         mlflow.log_metric(f"{r.name}/fit_seconds", seconds[r.name])
+    # What `promote` needs to find these baselines again, and to know they were scored on the same rows.
+    mlflow.set_tags({"baselines": ",".join(r.name for r in results if r.name != "sequence"),
+                     "test_rows": str(len(test))})  # fmt: skip
     table = results_table(results)
     mlflow.log_text(markdown_table(table), "comparison.md")
     from training.plots import evaluation_figures
@@ -235,16 +292,39 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         mlflow.log_figure(figure, f"plots/{filename}")
     if config.journey_map.get("enabled", True):
         _log_journey_map(sequence, build, config.journey_map)
+    failures = gate_verdict(results, test, build.targets, config.gate_config())
+    forced = bool(failures) and force_register and config.register
+    mlflow.set_tags(
+        {
+            "gate": "forced" if forced else ("refused" if failures else "passed"),
+            "gate_reasons": "\n".join(failures)[:5000],
+        }
+    )
     version = None
-    if config.register:
+    if config.register and (not failures or force_register):
+        if forced:
+            log.warning("FORCED registration despite the gate: %s", "; ".join(failures))
         example = _example_events(build)
         version = str(log_scorer(sequence, build.vocab, example))
         mlflow.set_tag("registered_version", version)
+    elif failures:
+        log.warning("the model failed the gate and is not registered: %s", "; ".join(failures))
     run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
     mlflow.end_run()
     if distributed:
         dist.destroy_process_group()
-    return TrainResult(run_id, version, results, seconds)
+    return TrainResult(run_id, version, results, seconds, failures, forced)
+
+
+def gate_verdict(
+    results: list[EvaluationResult], test: FeatureData, targets: tuple[str, ...], config: GateConfig
+) -> list[str]:
+    """The gate on a training run's results: the `sequence` result against the floors and against the
+    other results (the baselines of the run, on the same test rows)."""
+    metrics = config.metrics or gate_metrics_for(targets)
+    model = next(r for r in results if r.name == "sequence")
+    baselines = {r.name: r.metrics for r in results if r.name != "sequence"}
+    return check_gate(model.metrics, metrics, config, baselines=baselines, test_stage=test.stage)
 
 
 def _log_journey_map(scorer: SequenceScorer, build: FeatureBuild, settings: dict[str, Any]) -> None:
@@ -296,61 +376,200 @@ def _example_events(build: FeatureBuild, n: int = 20) -> Any:
     return table[table["customer_id"] == first].head(n).reset_index(drop=True)
 
 
+def run_baseline_metrics(run: Any) -> dict[str, dict[str, float]]:
+    """Baseline name -> its test metrics, as a training run logged them (`<baseline>/<metric>`)."""
+    tagged = run.data.tags.get("baselines")
+    if tagged is not None:
+        names = {b for b in tagged.split(",") if b}
+    else:  # runs from before the tag: every prefix of a logged test metric but the model's own
+        names = {k.split("/", 1)[0] for k in run.data.metrics if "/" in k} - {"sequence", "journey_map"}
+    out: dict[str, dict[str, float]] = {}
+    for key, value in run.data.metrics.items():
+        name, _, metric = key.partition("/")
+        if name in names and metric:
+            out.setdefault(name, {})[metric] = float(value)
+    return out
+
+
+def _run_test_rows(run: Any) -> int | None:
+    value = run.data.tags.get("test_rows")
+    if value is None:  # runs from before the tag: the stage evaluation's row count
+        metric = run.data.metrics.get("sequence/stage/n_rows")
+        return None if metric is None else int(metric)
+    return int(value)
+
+
+def _ks_for(metrics: tuple[str, ...]) -> tuple[int, ...]:
+    """The recommendation cut-offs the gate metrics need (10 at least)."""
+    ks = {10}
+    for m in metrics:
+        last = m.rsplit("/", 1)[-1]
+        head, _, k = last.rpartition("_at_")
+        if head and k.isdigit():
+            ks.add(int(k))
+    return tuple(sorted(ks))
+
+
+def same_run_baselines(
+    run: Any,
+    build: FeatureBuild,
+    test: FeatureData,
+    metrics: tuple[str, ...],
+    *,
+    progress: bool = False,
+) -> tuple[dict[str, dict[str, float]], str]:
+    """The baselines of the candidate's run, scored on the same test rows as the candidate.
+
+    When the build is the one the run trained on (same `features_digest` tag and test row count) and the
+    run logged its baselines, those logged metrics; otherwise the baselines are fitted on this build's
+    training window and evaluated on its test window by the same code as in training (`fit_baselines`,
+    `evaluate_scorers`), with the run's baseline settings.
+
+    Returns:
+        (baseline -> its gate metrics, a line saying where they come from).
+    """
+    digest = build.manifest["input"]["digest"]
+    same_build = run is not None and run.data.tags.get("features_digest") == digest
+    if same_build and _run_test_rows(run) == len(test):
+        logged = run_baseline_metrics(run)
+        if logged:
+            return (
+                {b: {m: v[m] for m in metrics if m in v} for b, v in logged.items()},
+                f"as logged by the candidate's training run {run.info.run_id} (same build, {len(test):,} "
+                "test rows)",
+            )
+    settings: dict[str, Any] = {}
+    if run is not None:
+        for key, value in run.data.params.items():
+            if key.startswith("baselines."):
+                settings[key.removeprefix("baselines.")] = yaml.safe_load(value)
+    settings.pop("enabled", None)
+    config = TrainConfig(features=str(build.path), baselines=settings, ks=_ks_for(metrics), n_boot=0)
+    fitted = fit_baselines(config, build.split("train"), build.split("valid"), {})
+    results = evaluate_scorers(fitted, build, test, config)
+    why = "another build" if run is not None and not same_build else "the run logged none for this build"
+    return (
+        {r.name: {m: r.metrics[m] for m in metrics if m in r.metrics} for r in results},
+        f"fitted on {build.path} ({why}) and evaluated on its {len(test):,} test rows",
+    )
+
+
+def _resolved_floors(
+    gate_config: GateConfig, metrics: tuple[str, ...], test: FeatureData
+) -> dict[str, float]:
+    """Each gate metric's floor as a number ("majority" resolved on the test rows)."""
+    out: dict[str, float] = {}
+    for m in metrics:
+        floor = gate_config.floor_of(m)
+        if isinstance(floor, str):
+            trivial = majority_stage_accuracy if m.endswith("accuracy") else majority_stage_macro_f1
+            out[m] = trivial(test.stage)
+        elif floor is not None:
+            out[m] = float(floor)
+    return out
+
+
 def promote(
     features: Path,
     candidate: str = "challenger",
     *,
     metrics: tuple[str, ...] | None = None,
-    tolerance: float = 0.0,
+    tolerance: float | None = None,
     force: bool = False,
     n_boot: int = 0,
+    gate_config: GateConfig | None = None,
 ) -> GateDecision:
-    """Moves `champion` to the candidate only if it is at least as good on the gate metrics.
+    """Moves `champion` to the candidate only if it passes the gate (`training.registry.GateConfig`).
 
-    Both models are evaluated by the same code on the same test data (the given build's test window);
-    the decision and its figures are logged to the `journey-promotions` experiment.
+    The candidate is refused when a gate metric is NaN (no labelled rows), below its floor, below the best
+    baseline of its own training run by more than the baseline tolerance, or below the current champion by
+    more than the champion tolerance. Candidate, champion and baselines are all scored on the same rows:
+    the given build's test window (the baselines' logged metrics when it is the build the candidate's run
+    trained on, else the baselines fitted on this build by the same code). The decision, every figure and
+    the reasons are logged to the `journey-promotions` experiment. Promoting the version that is already
+    the champion changes nothing and logs nothing.
 
     Args:
-        metrics: the gate metrics (all higher-is-better); by default `gate_metrics_for` the build's targets.
+        metrics: the gate metrics (all higher-is-better); by default the config's, else `gate_metrics_for`
+            the build's targets.
+        tolerance: how far below the champion a gate metric may be (overrides the config's
+            `champion_tolerance`).
+        force: promote even if the gate fails (logged as forced, and warned about).
+        gate_config: floors and tolerances (default: `GateConfig()`, the values of configs/train.yaml).
 
     Raises:
-        ValueError: a gate metric the evaluation does not produce.
+        ValueError: a gate metric the evaluation cannot produce.
     """
     configure("journey-promotions")
     client = mlflow.MlflowClient()
     version = resolve_version(candidate)
     current = champion_version()
+    if current == version:
+        log.info("version %s is already the champion: nothing to promote", version)
+        return GateDecision(version, current, False, False, {}, {}, [], already_champion=True)
+    gate_config = (gate_config or GateConfig()).with_overrides(champion_tolerance=tolerance)
     build = FeatureBuild.open(features)
     test = build.split("test")
-    metrics = metrics or gate_metrics_for(build.targets)
+    metrics = metrics or gate_config.metrics or gate_metrics_for(build.targets)
+    _check_metric_names(metrics, build.targets)
 
     def metrics_of(v: str) -> dict[str, float]:
         model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{v}").unwrap_python_model()
-        result = evaluate(model.predict_features(test, k=10), test, catalogue_size=len(build.catalogue),
-                          ks=(10,), n_boot=n_boot, name=f"v{v}")  # fmt: skip
-        unknown = [m for m in metrics if m not in result.metrics]
-        if unknown:
-            raise ValueError(f"gate metric(s) {', '.join(unknown)} are not produced by the evaluation")
-        return {m: result.metrics[m] for m in metrics}
+        result = evaluate(model.predict_features(test, k=max(_ks_for(metrics))), test,
+                          catalogue_size=len(build.catalogue), ks=_ks_for(metrics), n_boot=n_boot,
+                          name=f"v{v}")  # fmt: skip
+        return {m: float(result.metrics.get(m, float("nan"))) for m in metrics}
 
     cand = metrics_of(version)
-    champ = metrics_of(current) if current and current != version else None
-    failures = gate(cand, champ, metrics, tolerance)
+    champ = metrics_of(current) if current else None
+    baselines: dict[str, dict[str, float]] = {}
+    source = ""
+    if gate_config.compare_baselines:
+        run_id = client.get_model_version(MODEL_NAME, version).run_id
+        run = client.get_run(run_id) if run_id else None
+        baselines, source = same_run_baselines(run, build, test, metrics)
+    failures = check_gate(
+        cand, metrics, gate_config, baselines=baselines, champion=champ, test_stage=test.stage
+    )
     promoted = not failures or force
+    forced = force and bool(failures)
+    floors = _resolved_floors(gate_config, metrics, test)
     with mlflow.start_run(run_name=f"promote v{version}"):
-        params = {"candidate": version, "champion": current or "", "tolerance": tolerance, "force": force}
-        mlflow.log_params({**params, "features": str(features), "gate_metrics": ",".join(metrics)})
-        mlflow.log_metrics({f"candidate/{k}": v for k, v in cand.items()})
+        params = {"candidate": version, "champion": current or "", "force": force,
+                  "tolerance": gate_config.champion_tolerance, "features": str(features),
+                  "gate_metrics": ",".join(metrics)}  # fmt: skip
+        mlflow.log_params({**params, **gate_config.to_params()})
+        mlflow.log_metrics({f"candidate/{k}": v for k, v in cand.items() if np.isfinite(v)})
         if champ:
-            mlflow.log_metrics({f"champion/{k}": v for k, v in champ.items()})
+            mlflow.log_metrics({f"champion/{k}": v for k, v in champ.items() if np.isfinite(v)})
+        for name, values in baselines.items():
+            mlflow.log_metrics({f"baseline/{name}/{k}": v for k, v in values.items() if np.isfinite(v)})
+        mlflow.log_metrics({f"floor/{k}": v for k, v in floors.items() if np.isfinite(v)})
         mlflow.set_tags(
-            {"decision": "promoted" if promoted else "refused", "forced": str(force and bool(failures))}
+            {
+                "decision": "promoted" if promoted else "refused",
+                "forced": str(forced),
+                "gate_reasons": "\n".join(failures)[:5000],
+                "baseline_source": source[:5000],
+            }
         )
     if promoted:
         client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
-        if force and failures:
-            log.warning("FORCED promotion of version %s despite failing %s", version, failures)
-    return GateDecision(version, current, promoted, force and bool(failures), cand, champ or {}, failures)
+        if forced:
+            log.warning("FORCED promotion of version %s despite the gate: %s", version, "; ".join(failures))
+    return GateDecision(version, current, promoted, forced, cand, champ or {}, failures,
+                        baselines=baselines, baseline_source=source, floors=floors)  # fmt: skip
+
+
+def _check_metric_names(metrics: tuple[str, ...], targets: tuple[str, ...]) -> None:
+    """Refuses a gate metric the evaluation never produces (a typo), before anything is scored."""
+    heads = {"stage", "stage_true", "rec", "policy", "unsubscribe", *targets}
+    unknown = [m for m in metrics if m.split("/", 1)[0] not in heads or "/" not in m]
+    if unknown:
+        raise ValueError(
+            f"gate metric(s) {', '.join(unknown)} are not produced by the evaluation "
+            f"(heads: {', '.join(sorted(heads))})"
+        )
 
 
 def comparison_markdown(results: list[EvaluationResult], metrics: tuple[str, ...] | None = None) -> str:
