@@ -28,8 +28,8 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import yaml
 
+from features.build import from_settings, load_settings
 from features.schema import ACTIONS, MESSAGE_ACTIONS, STAGES, Action, Stage
 
 # What each stage gets where no logged sends exist to learn from (DESIGN.md, "Journey stages").
@@ -43,6 +43,17 @@ PLAYBOOK: dict[str, str] = {
 }
 
 NO_SEND = ACTIONS.index(Action.NO_SEND)
+
+# The rules that hold for every message, in the order `eligibility` applies them (the first that blocks
+# an action is the one an answer names); the store checks them again when it records a send, before the
+# action's cooldown (`cooldown_<action>`).
+FATIGUE_RULES: tuple[str, ...] = (
+    "consent",
+    "quiet_hours",
+    "frequency_cap_7d",
+    "frequency_cap_28d",
+    "min_gap",
+)
 
 # Days before the same action may go to the same customer again. A series (welcome) or a reward (loyalty)
 # once a month at most; abandonment reminders weekly at most, the cart one sooner because a cart goes
@@ -153,19 +164,14 @@ class RuleConfig:
             ValueError: an unknown key, action or an invalid value.
         """
         data = dict(data or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown rules setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
         if "cooldown_days" in data:
             given = dict(data["cooldown_days"] or {})
             data["cooldown_days"] = {**DEFAULT_COOLDOWN_DAYS, **{str(k): float(v) for k, v in given.items()}}
         for name in ("feedback_window", "quiet_hours"):
             if data.get(name) is not None:
                 data[name] = tuple(data[name])
-        return cls(**data)
+        rules: RuleConfig = from_settings(cls, data, "rules")  # names unknown keys
+        return rules
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values (for logs, MLflow params and `GET /v1/model`)."""
@@ -200,7 +206,7 @@ def load_rules(path: Path | str | None) -> RuleConfig:
     """
     if path is None:
         return RuleConfig()
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = load_settings(Path(path))
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping of settings")
     try:

@@ -97,6 +97,12 @@ MESSAGE_EVENTS: frozenset[str] = SENT_MESSAGE_EVENTS | frozenset(
 )
 # Things the customer did (as opposed to things sent to them): activity, for recency and churn.
 SHOP_SENT_EVENTS: frozenset[str] = frozenset({EventType.EMAIL_SENT, EventType.SMS_SENT})
+# The events that set e-mail consent and the state each sets (1 subscribed, 0 unsubscribed), as the
+# encoder's `email_consent`, the online store and the service's rules all read them.
+CONSENT_VALUE: dict[str, float] = {
+    EventType.NEWSLETTER_SIGNUP.value: 1.0,
+    EventType.EMAIL_UNSUBSCRIBE.value: 0.0,
+}
 
 DEFAULT_CHANNEL: dict[str, str] = {
     **{e.value: Channel.WEB.value for e in EventType},

@@ -32,12 +32,12 @@ from features.encoder import AGGREGATE_NAMES, EncodedBatch, encode
 from features.policy import NO_SEND, eligibility, greedy_policy
 from features.schema import (
     ACTIONS,
+    CONSENT_VALUE,
     EVENT_COLUMNS,
     MESSAGE_ACTIONS,
     SENT_MESSAGE_EVENTS,
     STAGES,
     Action,
-    EventType,
 )
 from serving.model import LoadedModel
 from serving.settings import ServeSettings
@@ -160,9 +160,6 @@ def in_control_group(customer_ids: Sequence[str], share: float, salt: str) -> np
     return out
 
 
-_CONSENT_VALUE = {EventType.NEWSLETTER_SIGNUP.value: 1.0, EventType.EMAIL_UNSUBSCRIBE.value: 0.0}
-
-
 @dataclass
 class InlineState:
     """What a request's own events say that the rules read: the newest consent event and the last send
@@ -200,7 +197,7 @@ def inline_state(
         if frame is None or frame.empty:
             continue
         kinds = frame["event_type"].to_numpy(dtype=object)
-        is_consent = np.isin(kinds, list(_CONSENT_VALUE))
+        is_consent = np.isin(kinds, list(CONSENT_VALUE))
         is_send = np.isin(kinds, list(SENT_MESSAGE_EVENTS)) & np.isin(
             frame["message_type"].to_numpy(dtype=object), list(MESSAGE_ACTIONS)
         )
@@ -212,7 +209,7 @@ def inline_state(
             customer, t = customers[j], when[int(j)].to_pydatetime()
             if customer not in now or (past_only and t >= now[customer]):
                 continue
-            evidence = (_CONSENT_VALUE[kinds[j]], t)
+            evidence = (CONSENT_VALUE[kinds[j]], t)
             if _newer(evidence, out.consent.get(customer)):
                 out.consent[customer] = evidence
         rows = np.flatnonzero(is_send)

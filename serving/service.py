@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from features.policy import NO_SEND
+from features.policy import FATIGUE_RULES, NO_SEND
 from features.schema import ACTIONS, EVENT_COLUMNS, MESSAGE_ACTIONS, STAGES, Action, EventType
 from features.validate import validate_events
 from serving.model import LoadedModel, ModelManager
@@ -70,16 +70,11 @@ class CustomerRequest:
 _MESSAGE_CELLS = [j for j, a in enumerate(ACTIONS) if a in MESSAGE_ACTIONS]
 
 
-# The order in which `features.policy.eligibility` applies the rules the store checks again; the first
-# rule that blocks an action is the one an answer names.
-_STORE_RULES = ("consent", "quiet_hours", "frequency_cap_7d", "frequency_cap_28d", "min_gap")
-
-
 def rule_rank(rule: str) -> int:
     """Where a rule stands in that order (cooldowns next, eligibility and channel rules last)."""
-    if rule in _STORE_RULES:
-        return _STORE_RULES.index(rule)
-    return len(_STORE_RULES) + (0 if rule.startswith("cooldown_") else 1)
+    if rule in FATIGUE_RULES:
+        return FATIGUE_RULES.index(rule)
+    return len(FATIGUE_RULES) + (0 if rule.startswith("cooldown_") else 1)
 
 
 def refused_cells(rule: str | None, action: str) -> list[int]:

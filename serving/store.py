@@ -49,6 +49,7 @@ import redis
 from features.policy import RuleConfig
 from features.schema import (
     ACTIONS,
+    CONSENT_VALUE,
     EVENT_COLUMNS,
     MESSAGE_ACTIONS,
     NUMBER_COLUMNS,
@@ -451,12 +452,8 @@ def content_event_id(record: dict[str, Any]) -> str:
 
 
 def _consent_value(record: dict[str, Any]) -> float | None:
-    """1.0 / 0.0 for the two events that set e-mail consent (as the encoder reads them), else None."""
-    if record["event_type"] == EventType.NEWSLETTER_SIGNUP:
-        return 1.0
-    if record["event_type"] == EventType.EMAIL_UNSUBSCRIBE:
-        return 0.0
-    return None
+    """1.0 / 0.0 for the two events that set e-mail consent (`CONSENT_VALUE`), else None."""
+    return CONSENT_VALUE.get(record["event_type"])
 
 
 def _sent_action(record: dict[str, Any]) -> str | None:

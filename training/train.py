@@ -207,6 +207,7 @@ def evaluate_scorers(
     truth = None
     if config.shop:
         truth = load_sim_truth(Path(config.shop), build.path, "test", test)
+    rules = config.rule_config()  # read once: every scorer is judged by the same rules
     results = []
     for name, scorer in scorers.items():
         pred: Predictions = scorer.predict(test, k=max(config.ks))
@@ -217,7 +218,7 @@ def evaluate_scorers(
                 catalogue_size=len(build.catalogue),
                 ks=config.ks,
                 truth=truth,
-                rules=config.rule_config(),
+                rules=rules,
                 n_boot=config.n_boot,
                 name=name,
             )
