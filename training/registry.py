@@ -297,6 +297,17 @@ class GateConfig:
             return self.floors[metric]
         return self.floors.get(metric.rsplit("/", 1)[-1])
 
+    def floor_value(self, metric: str, test_stage: np.ndarray | None) -> float | None:
+        """The floor as a number: "majority" is what always predicting the majority stage of the test rows
+        scores on this metric (NaN without the rows); None when the metric has no floor."""
+        floor = self.floor_of(metric)
+        if not isinstance(floor, str):
+            return None if floor is None else float(floor)
+        if test_stage is None:
+            return float("nan")
+        trivial = majority_stage_accuracy if metric.endswith("accuracy") else majority_stage_macro_f1
+        return trivial(test_stage)
+
     def to_params(self) -> dict[str, str]:
         """Flat strings for MLflow params."""
         params = {f"gate.floor.{k}": str(v) for k, v in self.floors.items()}
@@ -390,10 +401,8 @@ def check_gate(
         assert value is not None
         floor = config.floor_of(m)
         if isinstance(floor, str):  # "majority": above the trivial stage model on the same rows
-            reference = float("nan")
-            if test_stage is not None:
-                trivial = majority_stage_accuracy if m.endswith("accuracy") else majority_stage_macro_f1
-                reference = trivial(test_stage)
+            reference = config.floor_value(m, test_stage)
+            assert reference is not None
             if _finite(reference) and value <= reference:
                 failures.append(
                     f"{m}: {value:.4f} is not above always predicting the majority stage ({reference:.4f})"

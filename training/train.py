@@ -40,8 +40,6 @@ from training.registry import (
     configure,
     gate_metrics_for,
     log_scorer,
-    majority_stage_accuracy,
-    majority_stage_macro_f1,
     resolve_version,
 )
 from training.sequence import FitConfig, SequenceScorer, model_config_for
@@ -459,15 +457,8 @@ def _resolved_floors(
     gate_config: GateConfig, metrics: tuple[str, ...], test: FeatureData
 ) -> dict[str, float]:
     """Each gate metric's floor as a number ("majority" resolved on the test rows)."""
-    out: dict[str, float] = {}
-    for m in metrics:
-        floor = gate_config.floor_of(m)
-        if isinstance(floor, str):
-            trivial = majority_stage_accuracy if m.endswith("accuracy") else majority_stage_macro_f1
-            out[m] = trivial(test.stage)
-        elif floor is not None:
-            out[m] = float(floor)
-    return out
+    floors = {m: gate_config.floor_value(m, test.stage) for m in metrics}
+    return {m: f for m, f in floors.items() if f is not None}
 
 
 def promote(
