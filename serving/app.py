@@ -32,9 +32,10 @@ from prometheus_client import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import schemas
+from serving.errors import Abandoned, InvalidInput, NotFound, NotReady, ServiceError, TooLarge
 from serving.model import LoadedModel, ModelManager, PeriodicReload
 from serving.scoring import utcnow
-from serving.service import ClientError, CustomerRequest, NotReady, Service, events_frame
+from serving.service import CustomerRequest, Service, events_frame
 from serving.settings import ServeSettings
 from serving.store import Store, open_store
 
@@ -180,13 +181,12 @@ def create_app(
         latency.labels(path, request.method, str(response.status_code)).observe(time.perf_counter() - started)
         return response
 
-    @app.exception_handler(ClientError)
-    async def client_error(_: Request, err: ClientError) -> JSONResponse:
-        return JSONResponse({"detail": err.detail}, status_code=err.status)
+    status_of = {InvalidInput: 422, TooLarge: 413, NotFound: 404, NotReady: 503, Abandoned: 499}
 
-    @app.exception_handler(NotReady)
-    async def not_ready(_: Request, err: NotReady) -> JSONResponse:
-        return JSONResponse({"detail": f"no model loaded: {err}"}, status_code=503)
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, err: ServiceError) -> JSONResponse:
+        detail = f"no model loaded: {err}" if isinstance(err, NotReady) else err.detail
+        return JSONResponse({"detail": detail}, status_code=status_of.get(type(err), 400))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, err: RequestValidationError) -> JSONResponse:
@@ -218,8 +218,7 @@ def create_app(
         """A client's `now` is input, not truth: only near the server's clock (backtests use the library)."""
         lo, hi = clock - skew, clock + skew
         if not lo <= now <= hi:
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 [
                     _time_error(
                         loc,
@@ -236,8 +235,7 @@ def create_app(
         hi = clock + skew
         late = [i for i, ts in enumerate(times) if ts > hi]
         if late:
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 [
                     _time_error(
                         [where, i, "ts"],
@@ -254,8 +252,7 @@ def create_app(
         clock = utcnow()
         total = sum(len(r.events) for r in items)
         if total > settings.max_events_per_request:
-            raise ClientError(
-                413,
+            raise TooLarge(
                 f"{total:,} inline events above the limit of {settings.max_events_per_request:,} per request",
             )
         out = []
@@ -263,8 +260,7 @@ def create_app(
             ctx = r.context or schemas.ScoreContext.model_validate({})
             at = ["body", "customers", n] if where == "customers" else ["body"]
             if ctx.n_items is not None and ctx.n_items > settings.max_items:
-                raise ClientError(
-                    422,
+                raise InvalidInput(
                     [
                         {
                             "loc": [*at, "context", "n_items"],
@@ -306,8 +302,8 @@ def create_app(
     def score_batch(body: schemas.BatchScoreRequest, svc: Svc) -> dict[str, Any]:
         """Up to `max_batch` customers in one vectorised pass; one decision each."""
         if len(body.customers) > settings.max_batch:
-            raise ClientError(
-                413, f"batch of {len(body.customers):,} customers above the limit of {settings.max_batch:,}"
+            raise TooLarge(
+                f"batch of {len(body.customers):,} customers above the limit of {settings.max_batch:,}"
             )
         return {"results": svc.score(_requests(body.customers, "customers", body.record))}
 
@@ -321,15 +317,13 @@ def create_app(
     def post_events(body: schemas.EventsRequest, svc: Svc) -> dict[str, Any]:
         """Appends validated events (idempotent by event_id); all or nothing."""
         if len(body.events) > settings.max_events_per_request:
-            raise ClientError(
-                413,
+            raise TooLarge(
                 f"{len(body.events):,} events above the limit of "
                 f"{settings.max_events_per_request:,} per request",
             )
         missing = [i for i, e in enumerate(body.events) if e.customer_id is None]
         if missing:
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 [
                     {
                         "loc": ["body", "events", i, "customer_id"],
@@ -354,8 +348,7 @@ def create_app(
     def feedback(body: schemas.FeedbackRequest, svc: Svc) -> dict[str, Any]:
         """Records an outcome of a decision (delivered, opened, clicked, purchased, unsubscribed)."""
         if body.ts is not None and body.ts > utcnow() + skew:
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 [
                     _time_error(
                         ["body", "ts"],

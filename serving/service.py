@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,6 +18,7 @@ import pandas as pd
 from features.policy import FATIGUE_RULES, NO_SEND
 from features.schema import ACTIONS, EVENT_COLUMNS, MESSAGE_ACTIONS, STAGES, Action, EventType
 from features.validate import validate_events
+from serving.errors import Abandoned, InvalidInput, NotFound, NotReady
 from serving.model import LoadedModel, ModelManager
 from serving.scoring import (
     Choice,
@@ -39,19 +40,6 @@ from serving.settings import ServeSettings
 from serving.store import AppendResult, CommitResult, Decision, Outcome, SendState, Store
 
 log = logging.getLogger(__name__)
-
-
-class ClientError(ValueError):
-    """The request is wrong in a way the client can fix: the HTTP layer answers `status` with `detail`."""
-
-    def __init__(self, status: int, detail: Any) -> None:
-        super().__init__(str(detail))
-        self.status = status
-        self.detail = detail
-
-
-class NotReady(RuntimeError):
-    """No model is loaded yet."""
 
 
 @dataclass
@@ -91,7 +79,7 @@ def events_frame(
     """Validated events (EVENT_COLUMNS) from request rows, through the feature job's validator.
 
     Raises:
-        ClientError: 422 naming every bad event by its index, field and reason.
+        InvalidInput: naming every bad event by its index, field and reason.
     """
     if not rows:
         from serving.scoring import empty_events
@@ -104,8 +92,7 @@ def events_frame(
         other = frame["customer_id"].notna() & (frame["customer_id"] != default_customer)
         if other.any():
             bad = [int(i) for i in np.flatnonzero(other.to_numpy())]
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 [
                     {
                         "loc": [where, i, "customer_id"],
@@ -122,8 +109,7 @@ def events_frame(
     frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
     result = validate_events(frame[list(EVENT_COLUMNS)], lines=np.arange(len(frame)), source=where)
     if len(result.rejects):
-        raise ClientError(
-            422,
+        raise InvalidInput(
             [
                 {
                     "loc": [where, int(r["line"]), r["field"]],
@@ -177,6 +163,7 @@ class Service:
         record: bool = True,
         extra_events: pd.DataFrame | None = None,
         explain: bool = True,
+        cancelled: Callable[[], bool] | None = None,
     ) -> list[dict[str, Any]]:
         """Scores and decides for each customer in one vectorised pass; records the decisions.
 
@@ -189,11 +176,15 @@ class Service:
             extra_events: validated events of many customers at once, merged like inline events (the
                 audience export reads a whole chunk of an events file this way).
             explain: add the reasons in words (the audience export leaves them out).
+            cancelled: asked once the answers are computed, before anything is recorded: True (the
+                client went away) records nothing and raises `Abandoned`.
         """
         batch = self._decide(requests, extra_events)
         model, scored, events, ids = batch.model, batch.scored, batch.events, batch.ids
         uplift, allowed, blocked_by, choice = batch.uplift, batch.allowed, batch.blocked_by, batch.choice
         recorded = [record and r.record for r in requests]
+        if any(recorded) and cancelled is not None and cancelled():
+            raise Abandoned("the client closed the connection before the decision was recorded")
         if any(recorded):
             scored.digests = inputs_digests(scored.batch)
 
@@ -231,8 +222,7 @@ class Service:
         if len(set(ids)) != len(ids):
             seen: set[str] = set()
             dup = [i for i, c in enumerate(ids) if c in seen or seen.add(c)]  # type: ignore[func-returns-value]
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 [
                     {
                         "loc": ["customers", i, "customer_id"],
@@ -527,14 +517,13 @@ class Service:
         Returns the number of events added.
 
         Raises:
-            ClientError: 404 for an unknown decision; 422 for a purchase without its item.
+            NotFound: an unknown decision. InvalidInput: a purchase without its item.
         """
         decision = self.store.decision(decision_id)
         if decision is None:
-            raise ClientError(404, f"unknown decision_id {decision_id!r}")
+            raise NotFound(f"unknown decision_id {decision_id!r}")
         if kind == "purchased" and item_id is None:
-            raise ClientError(
-                422,
+            raise InvalidInput(
                 [
                     {
                         "loc": ["body", "item_id"],
@@ -576,12 +565,12 @@ class Service:
         """Recent events, last decisions and the current stage (scored without recording a decision).
 
         Raises:
-            ClientError: 404 when the store knows nothing of the customer.
+            NotFound: the store knows nothing of the customer.
         """
         events = self.store.events([customer_id])
         decisions = self.store.decisions_of(customer_id, limit=20)
         if events.empty and not decisions:
-            raise ClientError(404, f"unknown customer {customer_id!r}")
+            raise NotFound(f"unknown customer {customer_id!r}")
         stage = None
         if self.manager.current is not None:
             answer = self.score([CustomerRequest(customer_id, events.iloc[:0])], record=False)[0]
