@@ -113,7 +113,7 @@ def main() -> None:
         f"{dt.date.today().isoformat()} ({os.cpu_count()} cores, torch {torch.__version__}, "
         f"{torch.get_num_threads()} intra-op threads): `serving.audience.score_audience`, the code behind "
         f"`journey score-audience`, over every customer of `{args.events}` at {args.now}, with "
-        f"`journey-scorer@champion` version {model.version} ({model.scorer.model_config.encoder} encoder, "
+        f"`journey-scorer@champion` version {model.version} ({model.predictor.config.encoder} encoder, "
         f"{model.catalogue_size:,}-item catalogue), decisions recorded in a scratch SQLite store, "
         f"{args.chunk:,} customers per vectorised pass, {args.repeats} repeats.",
         "",

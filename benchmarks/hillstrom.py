@@ -18,7 +18,7 @@ Protocol:
    * `T-learner (LightGBM)`: one LightGBM model per arm, outcome ~ customer features, early-stopped on an
      inner validation split of the arm's rows; policy = the arm with the highest predicted outcome.
    * `model (IPS-BCE net)`: a small PyTorch network with the action-outcome head of
-     `training.model.JourneyModel`: a shared encoder of the customer's features (one-hot categoricals,
+     `predictor.model.JourneyModel`: a shared encoder of the customer's features (one-hot categoricals,
      scaled numerics) into a state, a linear head with one sigmoid per action, trained with
      inverse-propensity-weighted BCE on the logged action only (as `training.sequence.journey_loss`),
      early-stopped on an inner validation split; policy = the action with the highest predicted outcome.
@@ -403,7 +403,7 @@ class TLearner:
 
 class ActionOutcomeNet(nn.Module):
     """A shared encoder of the customer's features into a state, and the action-outcome head of
-    `training.model.JourneyModel`: one linear layer giving a logit of P(outcome | action) per action."""
+    `predictor.model.JourneyModel`: one linear layer giving a logit of P(outcome | action) per action."""
 
     def __init__(self, n_features: int, d_model: int = 32, n_actions: int = 3, dropout: float = 0.1) -> None:
         super().__init__()

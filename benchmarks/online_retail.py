@@ -52,8 +52,8 @@ from benchmarks.sections import update_section  # noqa: E402
 from features.build import BuildConfig, build_features, load_rows  # noqa: E402
 from features.ingest import EVENTS_FILE, format_summary, ingest  # noqa: E402
 from features.vocab import FIRST, OOV  # noqa: E402
+from predictor.model import ModelConfig  # noqa: E402
 from training.evaluate import EvaluationResult, compare, markdown_table, results_table  # noqa: E402
-from training.model import ModelConfig  # noqa: E402
 from training.train import TrainConfig, train  # noqa: E402
 
 log = logging.getLogger("benchmarks.online_retail")
@@ -163,7 +163,7 @@ class Settings:
         train_rows: training rows of the sequence model, sampled (0: all).
         n_boot: bootstrap resamples of the intervals.
         baselines: `training.baselines.BaselineConfig` overrides.
-        model: `training.model.ModelConfig` overrides.
+        model: `predictor.model.ModelConfig` overrides.
         experiment: MLflow experiment.
     """
 

@@ -71,7 +71,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.work / 'mlflow' / 'mlflow.db'}")
     from features.build import BuildConfig, build_features
     from features.simulate import SimConfig, simulate
-    from training.model import ModelConfig
+    from predictor.model import ModelConfig
     from training.train import TrainConfig, train
 
     shop, features = args.work / "shop", args.work / "features"

@@ -227,16 +227,15 @@ def evaluate(
     n_boot: Annotated[int, typer.Option(help="Bootstrap resamples for the intervals.")] = 200,
 ) -> None:
     """Evaluate a registered model (and the baselines) on the test window with the same code."""
-    import mlflow
 
+    from predictor.registry import MODEL_NAME, configure, load_registered
     from training.data import FeatureBuild
-    from training.registry import MODEL_NAME, configure
     from training.train import TrainConfig, comparison_markdown, evaluate_scorers, fit_baselines
 
     configure()
     build = FeatureBuild.open(features)
-    ref = f"models:/{MODEL_NAME}/{model}" if model.isdigit() else f"models:/{MODEL_NAME}@{model}"
-    pyfunc = mlflow.pyfunc.load_model(ref).unwrap_python_model()
+    by = {"version": model} if model.isdigit() else {"alias": model}
+    pyfunc = load_registered(MODEL_NAME, **by).pyfunc
 
     class Registered:
         name = f"registered_{model}"

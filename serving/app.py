@@ -138,7 +138,7 @@ def create_app(
 
             mlflow.set_tracking_uri(settings.tracking_uri)
         else:
-            from training.registry import configure
+            from predictor.registry import configure
 
             configure()
         if "service" not in state:

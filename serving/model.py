@@ -25,19 +25,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import mlflow
 import numpy as np
 import pandas as pd
-import torch
 from mlflow import MlflowClient
-from torch import nn
 
 from features.encoder import EncoderConfig
 from features.schema import ACTIONS, EVENT_COLUMNS, STAGES
-from features.vocab import FIRST
-from training.interface import Predictions
-from training.registry import JourneyPyfunc
-from training.sequence import SequenceScorer
+from features.vocab import FIRST, Vocabulary
+from predictor.interface import InferenceUnit, Predictions
+from predictor.registry import NotAJourneyModel, load_registered
 
 log = logging.getLogger(__name__)
 
@@ -69,25 +65,25 @@ class LoadedModel:
     alias: str
     run_id: str | None
     loaded_at: datetime
-    pyfunc: JourneyPyfunc
+    predictor: InferenceUnit
     input_example: pd.DataFrame | None = None
-
-    @property
-    def scorer(self) -> SequenceScorer:
-        return self.pyfunc.scorer
 
     @property
     def items(self) -> np.ndarray:
         """Item id per vocabulary index (pad and OOV are empty strings)."""
-        return self.pyfunc.items
+        return self.predictor.items
+
+    @property
+    def vocab(self) -> Vocabulary:
+        return self.predictor.vocab
 
     @property
     def encoder_config(self) -> EncoderConfig:
-        return self.pyfunc.encoder_config
+        return self.predictor.encoder_config
 
     @property
     def catalogue_size(self) -> int:
-        return len(self.items) - FIRST
+        return self.predictor.catalogue_size
 
 
 def load_version(
@@ -103,28 +99,16 @@ def load_version(
         ModelRefused: loading failed (`permanent` False), or the smoke test refused it (`permanent` True).
     """
     try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
-        pyfunc = model.unwrap_python_model()
-        run_id = MlflowClient().get_model_version(name, version).run_id
+        found = load_registered(name, version=version)
+    except NotAJourneyModel as err:
+        raise ModelRefused(f"{name} version {version}: {err}", permanent=True) from err
     except Exception as err:  # any failure to load refuses the candidate; the old model keeps serving
         raise ModelRefused(f"{name} version {version}: could not load: {type(err).__name__}: {err}") from err
-    if not isinstance(pyfunc, JourneyPyfunc):
-        raise ModelRefused(
-            f"{name} version {version}: not a journey scorer ({type(pyfunc).__name__})", permanent=True
-        )
-    loaded = LoadedModel(name, version, alias, run_id, datetime.now(UTC), pyfunc, _input_example(model))
+    loaded = LoadedModel(
+        name, version, alias, found.run_id, datetime.now(UTC), found.pyfunc.predictor, found.input_example
+    )
     smoke_test(loaded, sample_events=sample_events)
     return loaded
-
-
-def _input_example(model: Any) -> pd.DataFrame | None:
-    """The events the model was logged with as its input example, if they can be read."""
-    try:
-        example = model.input_example
-    except Exception:  # an example that cannot be read is not a reason to refuse the model
-        log.warning("the model's input example could not be read", exc_info=True)
-        return None
-    return example if isinstance(example, pd.DataFrame) and len(example) else None
 
 
 def smoke_events(model: LoadedModel, now: datetime) -> pd.DataFrame:
@@ -189,32 +173,6 @@ def _as_events(frame: pd.DataFrame) -> pd.DataFrame:
             out[column] = out[column].astype(object).where(out[column].notna(), None)
     out["customer_id"] = out["customer_id"].astype(str)
     return out[list(EVENT_COLUMNS)]
-
-
-def weight_problems(model: LoadedModel) -> list[str]:
-    """Non-finite parameters, buffers, item embeddings or calibration temperatures of the network."""
-    problems = []
-    net = model.scorer.model_
-    for kind, named in (("parameter", net.named_parameters()), ("buffer", net.named_buffers())):
-        for name, tensor in named:
-            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                count = int((~torch.isfinite(tensor)).sum())
-                problems.append(f"{kind} {name} has {count:,} non-finite value(s) of {tensor.numel():,}")
-    item_embedding: nn.Embedding = net.embed["item_id"]  # type: ignore[assignment]
-    embedding = item_embedding.weight.detach()
-    rows = ~torch.isfinite(embedding[FIRST:]).all(dim=1)
-    if bool(rows.any()):
-        bad = np.flatnonzero(rows.numpy()) + FIRST
-        names = ", ".join(str(model.items[i]) for i in bad[:3] if i < len(model.items))
-        problems.append(
-            f"item embeddings not finite for {len(bad):,} of {embedding.shape[0] - FIRST:,} items "
-            f"(e.g. {names})"
-        )
-    cal = model.scorer.calibration_
-    temps = [cal.stage, cal.action, *cal.propensity]
-    if not all(np.isfinite(t) and t > 0 for t in temps):
-        problems.append(f"calibration temperatures not finite and positive: {temps}")
-    return problems
 
 
 def answer_problems(pred: Predictions, n: int, n_items: int, what: str) -> list[str]:
@@ -296,7 +254,7 @@ def smoke_test(
     """
     from serving.scoring import predict_customers  # the scoring code the routes use
 
-    problems = weight_problems(model)
+    problems = model.predictor.weight_problems()
     now = datetime.now(UTC)
     scored = 0
     for what, events, ids in smoke_samples(model, now, sample_events):

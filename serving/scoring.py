@@ -39,11 +39,10 @@ from features.schema import (
     STAGES,
     Action,
 )
+from predictor.interface import Predictions
 from serving.model import LoadedModel
 from serving.settings import ServeSettings
 from serving.store import Decision, SendState
-from training.data import from_encoded
-from training.interface import Predictions
 
 MESSAGE_CHANNEL = "email"  # every action of the default catalogue is an e-mail
 
@@ -124,11 +123,9 @@ def score_customers(
 ) -> Scored:
     """Encodes the customers' events with the feature job's encoder and runs the model once."""
     cutoffs = pd.DataFrame({"customer_id": customer_ids, "cutoff": pd.to_datetime(list(now), utc=True)})
-    batch = encode(events, cutoffs, model.pyfunc.vocab, model.encoder_config)
-    config = model.scorer.model_config
-    data = from_encoded(batch, customer_ids, config.n_items, config.targets)
+    batch = encode(events, cutoffs, model.vocab, model.encoder_config)
     k = max(1, min(k, model.catalogue_size))
-    return Scored(np.asarray(customer_ids, dtype=object), list(now), batch, model.scorer.predict(data, k=k))
+    return Scored(np.asarray(customer_ids, dtype=object), list(now), batch, model.predictor.score(batch, k))
 
 
 def inputs_digests(batch: EncodedBatch) -> list[str]:

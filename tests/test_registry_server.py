@@ -18,9 +18,10 @@ from mlflow import MlflowClient
 
 from features.build import BuildConfig, build_features
 from features.simulate import SimConfig, simulate
+from predictor.pyfunc import JourneyPyfunc
 from tests.servers import MlflowServer, mlflow_server  # noqa: F401
 from training.data import FeatureBuild
-from training.registry import CHAMPION, MODEL_NAME, JourneyPyfunc, configure, load_by_alias, log_scorer
+from training.registry import CHAMPION, MODEL_NAME, configure, load_by_alias, log_scorer
 from training.sequence import FitConfig, SequenceScorer, model_config_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -97,10 +98,9 @@ def test_champion_loaded_from_a_postgres_backed_server_scores_as_in_memory(
     np.testing.assert_array_equal(a.top_items, b.top_items)
 
     # On raw events, through the generic pyfunc interface, against the same wrapper built locally.
-    scorer.save(tmp_path / "scorer")
-    build.vocab.save(tmp_path / "scorer" / "vocab.json")
+    scorer.to_predictor(build.vocab).save(tmp_path / "predictor")
     local = JourneyPyfunc()
-    local.load_from(tmp_path / "scorer")
+    local.load_from(tmp_path / "predictor")
     raw = events.copy()
     raw["ts"] = raw["ts"].astype(str)
     params = {"now": "2026-04-01T00:00:00+00:00", "k": 5}

@@ -142,4 +142,4 @@ def test_a_failed_download_is_retried(served: Served) -> None:  # noqa: F811
     assert manager.reload()["changed"]
     assert attempts == [served.version, served.version]
     assert manager.current is not None
-    assert np.isfinite(manager.current.scorer.model_.embed["item_id"].weight.detach().numpy()).all()
+    assert np.isfinite(manager.current.predictor.model.embed["item_id"].weight.detach().numpy()).all()

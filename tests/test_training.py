@@ -18,6 +18,7 @@ from features.encoder import AGGREGATE_NAMES, EncoderConfig, encode
 from features.policy import eligibility, greedy_policy
 from features.schema import ACTIONS, STAGES
 from features.simulate import SimConfig, simulate
+from predictor.pyfunc import INFERENCE_PACKAGES
 from training.data import DEFAULT_TARGETS, FeatureBuild, from_encoded
 from training.registry import (
     CHALLENGER,
@@ -140,6 +141,11 @@ def test_logged_model_loaded_by_alias_gives_the_same_outputs(
     assert list(out["customer_id"]) == ["C0000007"]
     assert out["stage"].iloc[0] in STAGES
     assert len(out["top_items"].iloc[0].split()) == 5
+    # The registered model carries the inference code only, and requires only what inference imports.
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL_NAME}/{version}"))
+    assert sorted(p.name for p in (folder / "code").iterdir()) == ["features", "predictor"]
+    required = [line.split("==")[0] for line in (folder / "requirements.txt").read_text().split()]
+    assert sorted(required) == sorted(INFERENCE_PACKAGES)
 
 
 def test_gate_refuses_worse_and_accepts_better() -> None:

@@ -14,10 +14,7 @@ from features.build import load_rows, padded_tokens
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS, EncodedBatch
 from features.schema import ACTIONS, STAGES
 from features.vocab import FIRST, Vocabulary
-
-# The label columns of the default label config (purchase in 7 and 30 days, churn in 30 days). A build
-# with other horizons has other columns: `FeatureBuild.targets` reads them from its manifest.
-DEFAULT_TARGETS: tuple[str, ...] = ("purchase_7d", "purchase_30d", "churn_30d")
+from predictor.model import DEFAULT_TARGETS
 
 
 def propensity_targets(labels: dict[str, Any]) -> tuple[str, ...]:

@@ -1652,19 +1652,15 @@ def registered_journey_map(
     Raises:
         ValueError: no such alias or version in the registry.
     """
-    import mlflow
     from mlflow.exceptions import MlflowException
 
-    from training.registry import MODEL_NAME, configure, load_by_alias, resolve_version
+    from predictor.registry import load_registered
+    from training.registry import MODEL_NAME, configure, resolve_version
 
     configure()
     try:
         version = resolve_version(model)
-        pyfunc = (
-            mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{version}").unwrap_python_model()
-            if model.isdigit()
-            else load_by_alias(model)
-        )
+        pyfunc = load_registered(MODEL_NAME, version=version).pyfunc
     except MlflowException as exc:
         raise ValueError(f"no {MODEL_NAME} {model!r} in the registry ({exc.message})") from exc
     label = f"{MODEL_NAME} version {version}" + ("" if model.isdigit() else f" (@{model})")

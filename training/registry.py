@@ -1,20 +1,18 @@
-"""MLflow: the self-contained pyfunc model, registration as `journey-scorer`, and the promotion gate.
+"""MLflow: registering the predictor as `journey-scorer`, and the promotion gate.
 
 The logged model carries everything it needs to score raw events: the weights, the vocabularies (and so
-the catalogue), the label maps, the configs, and the code of `features` and `training` (code_paths), so
-that the service loads it without importing `training` itself.
+the catalogue), the label maps, the configs, and the code of `features` and `predictor` (code_paths), so
+that the service and `mlflow models serve` load it without the training code.
 """
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import logging
-import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,23 +22,27 @@ import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
-from mlflow.pyfunc import PythonModel
 
 import features
-import training
-from features.encoder import EncoderConfig, encode
+import predictor
 from features.schema import ACTIONS, EVENT_COLUMNS, STAGES
 from features.vocab import Vocabulary
-from training.data import FeatureData, from_encoded
-from training.interface import Predictions
+from predictor.pyfunc import ARTIFACT, JourneyPyfunc, inference_requirements
+from predictor.registry import (
+    CHALLENGER,
+    CHAMPION,
+    DEFAULT_TRACKING_URI,
+    MODEL_NAME,
+    configure,
+    load_registered,
+    tracking_uri,
+)
 from training.sequence import SequenceScorer
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "journey-scorer"
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+__all__ = ["CHALLENGER", "CHAMPION", "DEFAULT_TRACKING_URI", "MODEL_NAME", "configure", "tracking_uri"]
+
 GATE_METRICS: tuple[str, ...] = (
     "stage/macro_f1",
     "purchase_7d/roc_auc",
@@ -58,114 +60,24 @@ def gate_metrics_for(targets: tuple[str, ...]) -> tuple[str, ...]:
     return ("stage/macro_f1", *picked, "rec/ndcg_at_10")
 
 
-def tracking_uri() -> str:
-    """`MLFLOW_TRACKING_URI` if set, else the project's SQLite store (artifacts under mlruns/)."""
-    return os.environ.get("MLFLOW_TRACKING_URI", DEFAULT_TRACKING_URI)
-
-
-def configure(experiment: str | None = None) -> None:
-    """Points MLflow at the store and selects the experiment; called by commands, never at import.
-
-    With a SQLite store, artifacts live beside the database file (for the default, in mlruns/).
-    """
-    uri = tracking_uri()
-    artifacts: Path | None = None
-    if uri.startswith("sqlite:///"):
-        artifacts = Path(uri.removeprefix("sqlite:///")).resolve().parent
-        artifacts.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(uri)
-    if experiment:
-        if artifacts is not None and mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(experiment, artifact_location=(artifacts / experiment).as_uri())
-        mlflow.set_experiment(experiment)
-
-
-class JourneyPyfunc(PythonModel):
-    """Scores customers from their raw events: stage, propensities, action outcomes, top items.
-
-    Input: events following the event contract (one or many customers). Params: `now` (ISO time of
-    scoring; default: just after each customer's last event) and `k` (items to return).
-    Output: one row per customer.
-    """
-
-    def load_context(self, context: Any) -> None:
-        path = Path(context.artifacts["scorer"])
-        self.load_from(path)
-
-    def load_from(self, path: Path) -> None:
-        self.scorer = SequenceScorer.load(path)
-        self.vocab = Vocabulary.load(path / "vocab.json")
-        self.items = np.array(["", ""] + self.vocab.tokens["item_id"], dtype=object)
-        self.encoder_config = EncoderConfig(max_len=self.scorer.model_config.max_len)
-
-    def predict_features(self, data: FeatureData, k: int = 50) -> Predictions:
-        """Predictions on a features split (what the promotion gate evaluates)."""
-        return self.scorer.predict(data, k=k)
-
-    def predict(
-        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
-    ) -> pd.DataFrame:
-        params = params or {}
-        k = int(params.get("k", 10))
-        events = model_input.copy()
-        events["ts"] = pd.to_datetime(events["ts"], utc=True, format="ISO8601")
-        customers = np.sort(events["customer_id"].astype(str).unique())
-        if params.get("now"):
-            now = pd.Series(pd.Timestamp(params["now"]), index=customers)
-            now = now.dt.tz_localize("UTC") if now.dt.tz is None else now.dt.tz_convert("UTC")
-        else:
-            now = events.groupby(events["customer_id"].astype(str))["ts"].max() + pd.Timedelta(microseconds=1)
-        cutoffs = pd.DataFrame({"customer_id": customers, "cutoff": now.loc[customers].to_numpy()})
-        batch = encode(events, cutoffs, self.vocab, self.encoder_config)
-        config = self.scorer.model_config
-        pred = self.scorer.predict(from_encoded(batch, customers, config.n_items, config.targets), k=k)
-        return predictions_frame(customers, pred, self.items)
-
-
-def predictions_frame(customers: np.ndarray, pred: Predictions, items: np.ndarray) -> pd.DataFrame:
-    """One row per customer: stage, its probabilities, propensities, action outcomes, top item ids."""
-    if pred.stage_proba is None or pred.action_outcome is None or pred.top_items is None:
-        raise ValueError("the scorer must predict stage, action outcomes and items")
-    out = pd.DataFrame({"customer_id": customers, "stage": np.array(STAGES)[pred.stage_proba.argmax(1)]})
-    for j, s in enumerate(STAGES):
-        out[f"p_stage_{s}"] = pred.stage_proba[:, j]
-    for name, p in pred.propensity.items():
-        out[f"p_{name}"] = p
-    for j, a in enumerate(ACTIONS):
-        out[f"p_outcome_{a}"] = pred.action_outcome[:, j]
-    out["top_items"] = [" ".join(items[row]) for row in pred.top_items]
-    return out
-
-
-def _requirements() -> list[str]:
-    names = ["torch", "numpy", "pandas", "pyarrow", "mlflow", "pyyaml", "pydantic", "rich"]
-    reqs = []
-    for n in names:
-        try:
-            version = importlib.metadata.version(n).split("+")[0]
-            reqs.append(f"{n}=={version}")
-        except importlib.metadata.PackageNotFoundError:
-            reqs.append(n)
-    return reqs
-
-
 def log_scorer(scorer: SequenceScorer, vocab: Vocabulary, example_events: pd.DataFrame) -> Any:
-    """Logs the sequence model as a pyfunc in the active run and registers it; returns the version."""
+    """Logs the fitted model's predictor as a pyfunc in the active run and registers it; returns the
+    version (aliased as the challenger)."""
     work = Path(tempfile.mkdtemp(prefix="journey-model-"))
     try:
-        scorer.save(work / "scorer")
-        vocab.save(work / "scorer" / "vocab.json")
-        (work / "scorer" / "labels.json").write_text(
-            json.dumps(
-                {
-                    "stages": list(STAGES),
-                    "actions": list(ACTIONS),
-                    "propensities": list(scorer.model_config.propensity_heads),
-                }
-            )
-        )
+        folder = work / ARTIFACT
+        scorer.to_predictor(vocab).save(folder)
+        labels = {
+            "stages": list(STAGES),
+            "actions": list(ACTIONS),
+            "propensities": list(scorer.model_config.propensity_heads),
+        }
+        (folder / "labels.json").write_text(json.dumps(labels))
+        # How it was fitted, for the record (the predictor does not read it).
+        fitted = {"fit_config": asdict(scorer.fit_config), "history": scorer.history_}
+        (folder / "training.json").write_text(json.dumps(fitted, indent=2))
         model = JourneyPyfunc()
-        model.load_from(work / "scorer")
+        model.load_from(folder)
         example = example_events[list(EVENT_COLUMNS)].copy()
         example["ts"] = example["ts"].astype(str)
         params = {"now": "", "k": 10}
@@ -174,11 +86,11 @@ def log_scorer(scorer: SequenceScorer, vocab: Vocabulary, example_events: pd.Dat
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=model,
-            artifacts={"scorer": str(work / "scorer")},
-            code_paths=[str(Path(features.__file__).parent), str(Path(training.__file__).parent)],
+            artifacts={ARTIFACT: str(folder)},
+            code_paths=[str(Path(features.__file__).parent), str(Path(predictor.__file__).parent)],
             signature=signature,
             input_example=example,
-            pip_requirements=_requirements(),
+            pip_requirements=inference_requirements(),
             registered_model_name=MODEL_NAME,
         )
     finally:
@@ -190,9 +102,7 @@ def log_scorer(scorer: SequenceScorer, vocab: Vocabulary, example_events: pd.Dat
 
 def load_by_alias(alias: str = CHAMPION) -> JourneyPyfunc:
     """The registered model behind an alias, as our pyfunc class."""
-    model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}@{alias}")
-    python_model: JourneyPyfunc = model.unwrap_python_model()
-    return python_model
+    return load_registered(MODEL_NAME, alias=alias).pyfunc
 
 
 # --------------------------------------------------------------------------------------------------------

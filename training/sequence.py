@@ -1,4 +1,7 @@
-"""The sequence model behind the `Scorer` interface: the training loop, calibration, prediction, save/load.
+"""Fitting the sequence model behind the `Scorer` interface: the training loop and the calibration.
+
+Prediction is the predictor's (`predictor.predictor.forward`), so a split is evaluated with the code
+that serves; `to_predictor` gives the inference unit that the registry logs.
 
 The loop takes the model, loss and optimiser as arguments of its parts; it runs in one process or under
 `torchrun` as DDP (gloo on CPU, NCCL on GPUs), where every rank evaluates the whole validation window so
@@ -7,13 +10,11 @@ that all ranks take the same early-stopping decision.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,17 +27,11 @@ from torch.utils.data.distributed import DistributedSampler
 
 from features.encoder import TOKEN_FIELDS
 from features.schema import ACTIONS, STAGES
-from features.vocab import FIRST
+from features.vocab import FIRST, Vocabulary
+from predictor.model import UNSUBSCRIBE, Calibration, JourneyModel, ModelConfig, ModelOutput
+from predictor.predictor import Predictor, forward, raw_outputs
 from training.data import FeatureData
 from training.interface import Predictions
-from training.model import (
-    UNSUBSCRIBE,
-    Calibration,
-    JourneyModel,
-    ModelConfig,
-    ModelOutput,
-    probabilities,
-)
 
 log = logging.getLogger(__name__)
 NO_SEND = ACTIONS.index("no_send")
@@ -357,75 +352,16 @@ class SequenceScorer:
             action_t = float(min(grid, key=lambda t: nll_sigmoid(logit, valid.outcome[ok], t)))
         return Calibration(stage=stage_t, propensity=prop_t, action=action_t)
 
-    # -- prediction -----------------------------------------------------------------------------------
-    @torch.inference_mode()
+    # -- prediction ---------------------------------------------------------------------------------
     def _forward_all(self, data: FeatureData, k: int = 0) -> dict[str, np.ndarray]:
-        model = self.model_
-        chunks: dict[str, list[np.ndarray]] = {
-            "stage": [], "propensity": [], "action": [], "top": [], "top_scores": []
-        }  # fmt: skip
-        # Rows per forward: the (rows, n_items) scores stay small enough for the CPU's caches (about 16 MB);
-        # one (2048, 100,000) block would be 800 MB and several times slower per row.
-        step = max(32, min(2048, 4_000_000 // max(self.model_config.n_items, 1)))
-        for lo in range(0, len(data), step):
-            hi = min(lo + step, len(data))
-            tokens = {n: torch.from_numpy(data.tokens[n][lo:hi]) for n in TOKEN_FIELDS}
-            out = model(tokens, torch.from_numpy(data.aggregates[lo:hi]))
-            chunks["stage"].append(out.stage.numpy())
-            chunks["propensity"].append(out.propensity.numpy())
-            chunks["action"].append(out.action.numpy())
-            if k:
-                # The top k of the raw scores, and their softmax probability over the whole catalogue.
-                top = torch.topk(out.items, k, dim=1)
-                norm = torch.logsumexp(out.items, dim=1, keepdim=True)
-                chunks["top"].append(top.indices.numpy())
-                chunks["top_scores"].append((top.values - norm).exp().numpy())
-        return {key: np.concatenate(v) if v else np.zeros((0,)) for key, v in chunks.items()}
+        return raw_outputs(self.model_, data.tokens, data.aggregates, k)
 
     def predict(self, data: FeatureData, k: int = 50) -> Predictions:
-        k = min(k, self.model_config.n_items - FIRST)
-        outs = self._forward_all(data, k)
-        cal = self.calibration_
-        logits = ModelOutput(
-            stage=torch.from_numpy(outs["stage"]),
-            propensity=torch.from_numpy(outs["propensity"]),
-            items=torch.zeros(len(data), 1),
-            action=torch.from_numpy(outs["action"]),
-        )
-        probs = probabilities(logits, cal)
-        prop = probs["propensity"].numpy()
-        return Predictions(
-            stage_proba=probs["stage"].numpy(),
-            propensity={name: prop[:, j] for j, name in enumerate(self.model_config.propensity_heads)},
-            top_items=outs["top"],
-            top_scores=outs["top_scores"] if k else None,
-            action_outcome=probs["action"].numpy(),
-        )
+        return forward(self.model_, self.calibration_, data.tokens, data.aggregates, k)
 
-    # -- persistence ----------------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.model_.state_dict(), path / "weights.pt")
-        meta = {
-            "model_config": self.model_config.to_dict(),
-            "fit_config": asdict(self.fit_config),
-            "calibration": self.calibration_.to_dict(),
-            "history": self.history_,
-        }
-        (path / "sequence.json").write_text(json.dumps(meta, indent=2))
-
-    @classmethod
-    def load(cls, path: Path) -> SequenceScorer:
-        meta = json.loads((path / "sequence.json").read_text())
-        fit = dict(meta["fit_config"])
-        fit["loss_weights"] = tuple(fit["loss_weights"])
-        scorer = cls(ModelConfig.from_dict(meta["model_config"]), FitConfig(**fit), progress=False)
-        model = JourneyModel(scorer.model_config)
-        model.load_state_dict(torch.load(path / "weights.pt", map_location="cpu", weights_only=True))
-        scorer.model_ = model.eval()
-        scorer.calibration_ = Calibration.from_dict(meta["calibration"])
-        scorer.history_ = meta.get("history", [])
-        return scorer
+    def to_predictor(self, vocab: Vocabulary) -> Predictor:
+        """The fitted network, its calibration and the build's vocabularies: what is registered."""
+        return Predictor(self.model_, self.calibration_, vocab)
 
 
 def _agg_scale(aggregates: np.ndarray) -> np.ndarray:

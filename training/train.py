@@ -26,10 +26,11 @@ import yaml
 
 from features.build import input_files, load_settings
 from features.policy import RuleConfig, load_rules
+from predictor.model import ModelConfig
+from predictor.registry import load_registered
 from training.data import FeatureBuild, FeatureData
 from training.evaluate import EvaluationResult, evaluate, load_sim_truth, markdown_table, results_table
 from training.interface import Predictions, Scorer
-from training.model import ModelConfig
 from training.registry import (
     CHAMPION,
     MODEL_NAME,
@@ -63,7 +64,7 @@ class TrainConfig:
         features: the features build to train on.
         shop: a simulated shop (for the true stages and policy values), if the data is simulated.
         experiment: MLflow experiment name.
-        model: `training.model.ModelConfig` fields (sizes come from the build).
+        model: `predictor.model.ModelConfig` fields (sizes come from the build).
         fit: `training.sequence.FitConfig` fields.
         baselines: `training.baselines.BaselineConfig` fields; `enabled: false` skips them.
         ks: recommendation cut-offs.
@@ -506,7 +507,7 @@ def promote(
     _check_metric_names(metrics, build.targets)
 
     def metrics_of(v: str) -> dict[str, float]:
-        model = mlflow.pyfunc.load_model(f"models:/{MODEL_NAME}/{v}").unwrap_python_model()
+        model = load_registered(MODEL_NAME, version=v).pyfunc
         result = evaluate(model.predict_features(test, k=max(_ks_for(metrics))), test,
                           catalogue_size=len(build.catalogue), ks=_ks_for(metrics), n_boot=n_boot,
                           name=f"v{v}")  # fmt: skip

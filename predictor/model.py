@@ -1,5 +1,5 @@
 """The sequence model: one encoder over event tokens, with heads for stage, propensities, next items and
-the outcome of each action. Module and config only; the training loop lives in `training.train`.
+the outcome of each action. Module and config only; the training loop lives in `training.sequence`.
 
 Input per row: the left-padded token sequences of `features.encoder` (oldest event first) and the
 aggregates. A summary token, built from the aggregates, is appended after the last event; the encoder's
@@ -18,8 +18,10 @@ from torch import Tensor, nn
 from features.encoder import TOKEN_FIELDS
 from features.schema import ACTIONS, EVENT_TYPES, STAGES, EventType
 from features.vocab import FIRST
-from training.data import DEFAULT_TARGETS
 
+# The label columns of the default label config (purchase in 7 and 30 days, churn in 30 days). A build
+# with other horizons has other columns: `training.data.FeatureBuild.targets` reads them from its manifest.
+DEFAULT_TARGETS: tuple[str, ...] = ("purchase_7d", "purchase_30d", "churn_30d")
 # The propensity head of "unsubscribe if mailed" comes after the build's label targets.
 UNSUBSCRIBE = "unsubscribe"
 # Events whose item counts as "the customer's own history" for the repeat mechanism, and their index.

@@ -1,0 +1,92 @@
+"""The registered model: an MLflow pyfunc around the `Predictor` that scores raw events.
+
+Its code (`code_paths`) is `features` and `predictor`, and its pip requirements are what inference
+imports (`inference_requirements`): `mlflow models serve` and the scoring service load it without the
+training code.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from mlflow.pyfunc import PythonModel
+
+from features.encoder import encode
+from features.schema import ACTIONS, STAGES
+from predictor.interface import Predictions
+from predictor.predictor import Predictor
+
+# The artifact key under which the predictor's files are logged.
+ARTIFACT = "predictor"
+# What `features` and `predictor` import, and MLflow to load them.
+INFERENCE_PACKAGES = ("mlflow", "torch", "numpy", "pandas", "pyarrow")
+
+
+class JourneyPyfunc(PythonModel):
+    """Scores customers from their raw events: stage, propensities, action outcomes, top items.
+
+    Input: events following the event contract (one or many customers). Params: `now` (ISO time of
+    scoring; default: just after each customer's last event) and `k` (items to return).
+    Output: one row per customer.
+    """
+
+    predictor: Predictor
+
+    def load_context(self, context: Any) -> None:
+        self.load_from(Path(context.artifacts[ARTIFACT]))
+
+    def load_from(self, path: Path) -> None:
+        self.predictor = Predictor.load(path)
+
+    def predict_features(self, data: Any, k: int = 50) -> Predictions:
+        """Predictions on a features split (`training.data.FeatureData`: padded tokens and aggregates),
+        what the promotion gate and the journey map evaluate."""
+        return self.predictor.score_arrays(data.tokens, data.aggregates, k)
+
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: Mapping[str, Any] | None = None
+    ) -> pd.DataFrame:
+        params = params or {}
+        k = int(params.get("k", 10))
+        events = model_input.copy()
+        events["ts"] = pd.to_datetime(events["ts"], utc=True, format="ISO8601")
+        customers = np.sort(events["customer_id"].astype(str).unique())
+        if params.get("now"):
+            now = pd.Series(pd.Timestamp(params["now"]), index=customers)
+            now = now.dt.tz_localize("UTC") if now.dt.tz is None else now.dt.tz_convert("UTC")
+        else:
+            now = events.groupby(events["customer_id"].astype(str))["ts"].max() + pd.Timedelta(microseconds=1)
+        cutoffs = pd.DataFrame({"customer_id": customers, "cutoff": now.loc[customers].to_numpy()})
+        batch = encode(events, cutoffs, self.predictor.vocab, self.predictor.encoder_config)
+        return predictions_frame(customers, self.predictor.score(batch, k), self.predictor.items)
+
+
+def predictions_frame(customers: np.ndarray, pred: Predictions, items: np.ndarray) -> pd.DataFrame:
+    """One row per customer: stage, its probabilities, propensities, action outcomes, top item ids."""
+    if pred.stage_proba is None or pred.action_outcome is None or pred.top_items is None:
+        raise ValueError("the scorer must predict stage, action outcomes and items")
+    out = pd.DataFrame({"customer_id": customers, "stage": np.array(STAGES)[pred.stage_proba.argmax(1)]})
+    for j, s in enumerate(STAGES):
+        out[f"p_stage_{s}"] = pred.stage_proba[:, j]
+    for name, p in pred.propensity.items():
+        out[f"p_{name}"] = p
+    for j, a in enumerate(ACTIONS):
+        out[f"p_outcome_{a}"] = pred.action_outcome[:, j]
+    out["top_items"] = [" ".join(items[row]) for row in pred.top_items]
+    return out
+
+
+def inference_requirements() -> list[str]:
+    """Pinned pip requirements of the registered model: only what inference imports."""
+    reqs = []
+    for name in INFERENCE_PACKAGES:
+        try:
+            reqs.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
+        except importlib.metadata.PackageNotFoundError:
+            reqs.append(name)
+    return reqs
