@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.columns import EventColumns
 from features.schema import EVENT_TYPES, SHOP_SENT_EVENTS, EventType
 from features.vocab import FIRST, Vocabulary
 
@@ -109,9 +110,12 @@ class PreparedEvents:
     def n_events(self) -> int:
         return len(self.ts_ms)
 
-    def customer_codes(self, customer_ids: pd.Series) -> np.ndarray:
+    def customer_codes(self, customer_ids: pd.Series | np.ndarray) -> np.ndarray:
         """Index of each id in `customers`, -1 for a customer without events."""
-        ids = customer_ids.astype(str).to_numpy(dtype=object)
+        if isinstance(customer_ids, pd.Series):
+            ids = customer_ids.astype(str).to_numpy(dtype=object)
+        else:
+            ids = np.asarray(customer_ids, dtype=object)
         if len(self.customers) == 0:
             return np.full(len(ids), -1, dtype=np.int64)
         pos = np.searchsorted(self.customers, ids)
@@ -143,11 +147,42 @@ def prepare(events: pd.DataFrame, vocab: Vocabulary) -> PreparedEvents:
             any number of customers.
         vocab: vocabularies fitted on the training window.
     """
-    ts_ms = to_epoch_ms(events["ts"])
+    n = len(events)
     customers, cust = _factorize_sorted(events["customer_id"])
+    tokens = {name: vocab.lookup(name, events[name]) if name in events else _zeros(n) for name in _LOOKED_UP}
+    value = (
+        pd.to_numeric(events["value"], errors="coerce").to_numpy(dtype=np.float64)
+        if "value" in events
+        else np.full(n, np.nan)
+    )
+    return _prepared(customers, cust, to_epoch_ms(events["ts"]), tokens, value)
+
+
+def prepare_columns(events: EventColumns, vocab: Vocabulary) -> PreparedEvents:
+    """`prepare` on events held as columns (the real-time path: a few customers, no DataFrame)."""
+    customers, inverse = np.unique(events["customer_id"].astype(str), return_inverse=True)
+    tokens = {name: vocab.lookup_array(name, events[name]) for name in _LOOKED_UP}
+    return _prepared(
+        customers.astype(object), inverse.astype(np.int64).reshape(-1), events.ts_us // 1000, tokens,
+        events["value"],
+    )  # fmt: skip
+
+
+# Token fields read through the vocabulary (the others are derived from times and values).
+_LOOKED_UP = ("event_type", "item_id", "category", "channel", "message_type")
+
+
+def _prepared(
+    customers: np.ndarray,
+    cust: np.ndarray,
+    ts_ms: np.ndarray,
+    looked_up: dict[str, np.ndarray],
+    value: np.ndarray,
+) -> PreparedEvents:
+    """Orders events by (customer, time, input order) and derives the time and value tokens."""
     # Stable order: customer, time, then input order for ties (events at the same instant).
     order = np.lexsort((np.arange(len(ts_ms)), ts_ms, cust))
-    cust, ts_ms = cust[order], ts_ms[order]
+    cust, ts_ms = cust[order], np.asarray(ts_ms, dtype=np.int64)[order]
     base = int(ts_ms.min()) if len(ts_ms) else 0
     span = int(ts_ms.max() - base + 2) if len(ts_ms) else 1
     if len(customers) * span >= 2**62:
@@ -156,12 +191,9 @@ def prepare(events: pd.DataFrame, vocab: Vocabulary) -> PreparedEvents:
             "use more buckets"
         )
     key = cust * span + (ts_ms - base)
-
+    tokens = {name: looked_up[name][order] for name in _LOOKED_UP}
     # Index into EVENT_TYPES (the vocabulary's token minus FIRST), -1 for anything else.
-    event_type = (vocab.lookup("event_type", events["event_type"]) - FIRST).astype(np.int16)[order]
-    tokens: dict[str, np.ndarray] = {}
-    for name in ("event_type", "item_id", "category", "channel", "message_type"):
-        tokens[name] = vocab.lookup(name, events[name])[order] if name in events else _zeros(len(order))
+    event_type = (tokens["event_type"] - FIRST).astype(np.int16)
 
     # Time since the previous event of the same customer; the first event of a customer gets FIRST.
     dt_s = np.diff(ts_ms, prepend=0) // 1000
@@ -169,14 +201,10 @@ def prepare(events: pd.DataFrame, vocab: Vocabulary) -> PreparedEvents:
     first[1:] = cust[1:] != cust[:-1]
     dt_bucket = np.where(first, FIRST, FIRST + 1 + np.searchsorted(DT_EDGES_S, dt_s, side="right"))
     tokens["dt_bucket"] = dt_bucket.astype(np.int32)
-    ts = pd.to_datetime(ts_ms, unit="ms", utc=True)
-    tokens["hour"] = (ts.hour.to_numpy() + 1).astype(np.int32)  # 1..24, 0 is padding
-    tokens["weekday"] = (ts.weekday.to_numpy() + 1).astype(np.int32)  # 1..7
-    value = (
-        pd.to_numeric(events["value"], errors="coerce").to_numpy(dtype=np.float64)[order]
-        if "value" in events
-        else np.full(len(order), np.nan)
-    )
+    # Hour of day and weekday in UTC by integer arithmetic (1970-01-01 was a Thursday, weekday 3).
+    tokens["hour"] = ((ts_ms // 3_600_000) % 24 + 1).astype(np.int32)  # 1..24, 0 is padding
+    tokens["weekday"] = ((ts_ms // MS_PER_DAY + 3) % 7 + 1).astype(np.int32)  # 1..7, Monday 1
+    value = np.asarray(value, dtype=np.float64)[order]
     value_bucket = np.where(
         np.isnan(value), FIRST, FIRST + 1 + np.searchsorted(VALUE_EDGES, np.abs(np.nan_to_num(value)))
     )
@@ -269,8 +297,28 @@ def encode(
 
 def encode_prepared(prep: PreparedEvents, cutoffs: pd.DataFrame, config: EncoderConfig) -> EncodedBatch:
     """`encode` on events already passed through `prepare` (the batch job prepares a bucket once)."""
-    cust = prep.customer_codes(cutoffs["customer_id"])
-    t_ms = to_epoch_ms(cutoffs["cutoff"])
+    return encode_at(prep, cutoffs["customer_id"], to_epoch_ms(cutoffs["cutoff"]), config)
+
+
+def encode_columns(
+    events: EventColumns,
+    customer_ids: np.ndarray,
+    cutoff_ms: np.ndarray,
+    vocab: Vocabulary,
+    config: EncoderConfig,
+) -> EncodedBatch:
+    """`encode` for events held as columns and cutoffs as epoch milliseconds (the real-time path)."""
+    return encode_at(
+        prepare_columns(events, vocab), np.asarray(customer_ids, dtype=object), cutoff_ms, config
+    )
+
+
+def encode_at(
+    prep: PreparedEvents, customer_ids: pd.Series | np.ndarray, t_ms: np.ndarray, config: EncoderConfig
+) -> EncodedBatch:
+    """Encodes each (customer, cutoff in epoch milliseconds) row from the prepared events."""
+    cust = prep.customer_codes(customer_ids)
+    t_ms = np.asarray(t_ms, dtype=np.int64)
     start = prep.starts(cust)
     end = prep.search(cust, t_ms)  # first event at or after the cutoff: excluded
     length = np.minimum(end - start, config.max_len)

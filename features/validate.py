@@ -635,7 +635,7 @@ def _reject_records(
             if first is None:
                 first = (reason, name)
             problems.append(
-                _describe(
+                describe(
                     reason,
                     name,
                     record.get(name),
@@ -681,7 +681,7 @@ def _empty_rejects() -> pd.DataFrame:
     )
 
 
-def _describe(
+def describe(
     reason: Reason,
     name: str,
     value: Any,

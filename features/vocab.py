@@ -46,6 +46,10 @@ class Vocabulary:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
+    _positions: dict[str, tuple[int, dict[str, int]]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
     def size(self, name: str) -> int:
         """Number of indices of a field, padding and OOV included (the embedding table size)."""
         return len(self.tokens[name]) + FIRST
@@ -70,6 +74,19 @@ class Vocabulary:
         out = _index(tokens, series)
         out[series.isna().to_numpy()] = PAD
         return out
+
+    def lookup_array(self, name: str, values: np.ndarray) -> np.ndarray:
+        """`lookup` for a small object array (str or None): a dict lookup per value, no index built
+        per call (the real-time path encodes a few dozen events)."""
+        tokens = self.tokens[name]
+        hit = self._positions.get(name)
+        if hit is None or hit[0] != len(tokens):
+            hit = (len(tokens), {t: i + FIRST for i, t in enumerate(tokens)})
+            self._positions[name] = hit
+        index = hit[1]
+        return np.fromiter(
+            (PAD if v is None else index.get(v, OOV) for v in values), dtype=np.int32, count=len(values)
+        )
 
     def _token_index(self, name: str) -> pd.Index:
         """The tokens of a field as an index, built once (again only if tokens were appended since)."""
