@@ -46,6 +46,8 @@ import numpy as np
 import pandas as pd
 import redis
 
+from features.columns import EventColumns
+from features.columns import to_us as epoch_us
 from features.policy import RuleConfig
 from features.schema import (
     ACTIONS,
@@ -245,23 +247,23 @@ class Store(ABC):
     max_events: int
 
     @abstractmethod
-    def append_events(self, events: pd.DataFrame) -> AppendResult:
+    def append_events(self, events: pd.DataFrame | EventColumns) -> AppendResult:
         """Stores validated events, ignoring those already stored, and trims each customer's history.
 
         Args:
-            events: frame with the columns of `features.schema.EVENT_COLUMNS` (missing optional ones are
-                taken as empty); `ts` tz-aware. An event without `event_id` gets one hashed from its
-                content, so that posting it again is still a duplicate.
+            events: columns, or a frame with the columns of `features.schema.EVENT_COLUMNS` (missing
+                optional ones are taken as empty; `ts` tz-aware). An event without `event_id` gets one
+                hashed from its content, so that posting it again is still a duplicate.
         """
 
     @abstractmethod
-    def events(self, customer_ids: Sequence[str]) -> pd.DataFrame:
-        """The stored events of these customers, in one round trip per batch.
+    def event_columns(self, customer_ids: Sequence[str]) -> EventColumns:
+        """The stored events of these customers, in one round trip per batch, sorted by customer_id,
+        then ts, then arrival (the real-time path's form: no frame)."""
 
-        Returns:
-            A frame with exactly `EVENT_COLUMNS` (`ts` as tz-aware UTC datetimes), sorted by customer_id,
-            then ts, then arrival; empty (with those columns) when there is none.
-        """
+    def events(self, customer_ids: Sequence[str]) -> pd.DataFrame:
+        """`event_columns` as a frame with exactly `EVENT_COLUMNS` (`ts` tz-aware UTC)."""
+        return self.event_columns(customer_ids).to_frame()
 
     @abstractmethod
     def send_state(self, customer_ids: Sequence[str], now: datetime) -> dict[str, SendState]:
@@ -395,7 +397,7 @@ def _require_aware(ts: datetime, what: str) -> None:
 def to_us(ts: datetime) -> int:
     """A tz-aware datetime as integer epoch microseconds (exact, unlike `timestamp() * 1e6`)."""
     _require_aware(ts, "timestamp")
-    return (ts - _EPOCH) // _US
+    return epoch_us(ts)
 
 
 def from_us(us: int) -> datetime:
@@ -403,8 +405,14 @@ def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=int(us))
 
 
-def _event_records(events: pd.DataFrame) -> list[dict[str, Any]]:
-    """Frame rows as JSON-ready dicts (ts in epoch microseconds, NaN as None), each with an event_id."""
+def _event_records(events: pd.DataFrame | EventColumns) -> list[dict[str, Any]]:
+    """Events as JSON-ready dicts (ts in epoch microseconds, NaN as None), each with an event_id."""
+    if isinstance(events, EventColumns):
+        records = events.records()
+        for record in records:
+            if record["event_id"] is None:
+                record["event_id"] = content_event_id(record)
+        return records
     missing = [c for c in REQUIRED_COLUMNS if c not in events.columns]
     if missing:
         raise ValueError(f"events: missing required column(s) {', '.join(missing)}")
@@ -476,31 +484,6 @@ def _sent_event(decision: Decision) -> dict[str, Any]:
         event_id=f"decision:{decision.decision_id}",
     )
     return record
-
-
-def _events_frame(records: list[dict[str, Any]]) -> pd.DataFrame:
-    """Records (already in output order) as a frame with exactly EVENT_COLUMNS and their dtypes."""
-    return _events_frame_of_columns({name: [r[name] for r in records] for name in EVENT_COLUMNS})
-
-
-def _events_frame_of_columns(columns: dict[str, Sequence[Any]]) -> pd.DataFrame:
-    """Column values (EVENT_COLUMNS, ts in epoch microseconds, None for missing) as the events frame.
-
-    Plain arrays rather than Series: the frame then has nothing to align, which matters on the scoring
-    path (one customer's events per request).
-    """
-    data: dict[str, Any] = {}
-    for name in EVENT_COLUMNS:
-        values = columns[name]
-        if name == "ts":
-            data[name] = pd.to_datetime(np.asarray(values, dtype=np.int64), unit="us", utc=True)
-        elif name in NUMBER_COLUMNS:
-            data[name] = np.asarray([np.nan if v is None else v for v in values], dtype=np.float64)
-        else:
-            strings = np.empty(len(values), dtype=object)
-            strings[:] = values
-            data[name] = strings
-    return pd.DataFrame(data, columns=list(EVENT_COLUMNS))
 
 
 def _send_state(consent: tuple[float, int] | None, sends: list[tuple[str, int]], now_us: int) -> SendState:
@@ -876,13 +859,13 @@ class SQLiteStore(Store):
             )
         return accepted
 
-    def append_events(self, events: pd.DataFrame) -> AppendResult:
+    def append_events(self, events: pd.DataFrame | EventColumns) -> AppendResult:
         records = _event_records(events)
         with self._write() as conn:
             accepted = self._append(conn, records)
         return AppendResult(accepted=accepted, duplicates=len(records) - accepted)
 
-    def events(self, customer_ids: Sequence[str]) -> pd.DataFrame:
+    def event_columns(self, customer_ids: Sequence[str]) -> EventColumns:
         ids = sorted(set(customer_ids))
         rows = self._select_in(
             f"SELECT {_EVENT_SQL_COLUMNS} FROM events WHERE customer_id IN ({{ids}}) "
@@ -890,7 +873,7 @@ class SQLiteStore(Store):
             ids,
         )
         columns = zip(*rows, strict=True) if rows else ([] for _ in EVENT_COLUMNS)
-        return _events_frame_of_columns(dict(zip(EVENT_COLUMNS, columns, strict=True)))
+        return EventColumns.of_lists(dict(zip(EVENT_COLUMNS, columns, strict=True)))
 
     def send_state(self, customer_ids: Sequence[str], now: datetime) -> dict[str, SendState]:
         now_us = to_us(now)
@@ -1215,7 +1198,7 @@ class RedisStore(Store):
         body = json.dumps(record, separators=(",", ":"))
         return [record["ts"], record["event_id"], body, kind, action or ""]
 
-    def append_events(self, events: pd.DataFrame) -> AppendResult:
+    def append_events(self, events: pd.DataFrame | EventColumns) -> AppendResult:
         records = _event_records(events)
         by_customer: dict[str, list[Any]] = defaultdict(list)
         for record in records:
@@ -1231,13 +1214,14 @@ class RedisStore(Store):
         accepted = sum(int(n) for n in pipe.execute()) if by_customer else 0
         return AppendResult(accepted=accepted, duplicates=len(records) - accepted)
 
-    def events(self, customer_ids: Sequence[str]) -> pd.DataFrame:
+    def event_columns(self, customer_ids: Sequence[str]) -> EventColumns:
         ids = sorted(set(customer_ids))
         pipe = self.client.pipeline(transaction=False)
         for customer in ids:
             pipe.zrange(self._customer_keys(customer)[0], 0, -1)
         members = pipe.execute() if ids else []
-        return _events_frame([json.loads(m[_SEQ_WIDTH:]) for ms in members for m in ms])
+        records = [json.loads(m[_SEQ_WIDTH:]) for ms in members for m in ms]
+        return EventColumns.of_lists({name: [r[name] for r in records] for name in EVENT_COLUMNS})
 
     def send_state(self, customer_ids: Sequence[str], now: datetime) -> dict[str, SendState]:
         now_us = to_us(now)
