@@ -338,11 +338,11 @@ def _aggregates(
 ) -> dict[str, np.ndarray]:
     """Recency, frequency, monetary value and engagement counts before each cutoff."""
     et = prep.event_type
-    activity = ~np.isin(et, [EVENT_TYPES.index(e) for e in SHOP_SENT_EVENTS])
+    activity = ~_of_types(et, SHOP_SENT_EVENTS)
     out: dict[str, np.ndarray] = {}
     window_start: dict[int | None, np.ndarray] = {None: start}
     for name, types, days in COUNT_AGGREGATES:
-        mask = activity if types is None else np.isin(et, [EVENT_TYPES.index(e) for e in types])
+        mask = activity if types is None else _of_types(et, types)
         csum = prefix_sum(mask.astype(np.int64))
         if days is not None and days not in window_start:
             window_start[days] = np.maximum(start, prep.search(cust, t_ms - days * MS_PER_DAY))
@@ -382,9 +382,7 @@ def _aggregates(
         new_day = ~same
     dsum = prefix_sum((purchase & new_day).astype(np.int64))
     out["n_purchase_days"] = (dsum[end] - dsum[start]).astype(np.float64)
-    signup = np.isin(
-        et, [EVENT_TYPES.index(EventType.SIGNUP), EVENT_TYPES.index(EventType.NEWSLETTER_SIGNUP)]
-    )
+    signup = _of_types(et, frozenset({EventType.SIGNUP, EventType.NEWSLETTER_SIGNUP}))
     out["days_since_signup"] = days_since(signup)
     out["days_since_last_email"] = days_since(et == EVENT_TYPES.index(EventType.EMAIL_SENT))
 
@@ -402,6 +400,14 @@ def _aggregates(
     subscribed = subscribe[np.maximum(idx, 0)] if len(subscribe) else np.zeros(len(idx), dtype=bool)
     out["email_consent"] = np.where(known, subscribed.astype(np.float64), -1.0)
     return {name: out[name] for name in AGGREGATE_NAMES}
+
+
+def _of_types(event_type: np.ndarray, types: frozenset[str]) -> np.ndarray:
+    """Whether each event (index into EVENT_TYPES, -1 for none) is of one of `types`: a table lookup,
+    which on the real-time path's few events costs far less than `np.isin`'s sort."""
+    table = np.zeros(len(EVENT_TYPES) + 1, dtype=bool)
+    table[[EVENT_TYPES.index(e) + 1 for e in types]] = True
+    return table[event_type.astype(np.int64) + 1]
 
 
 def cents(value: np.ndarray) -> np.ndarray:

@@ -76,8 +76,10 @@ class Vocabulary:
         return out
 
     def lookup_array(self, name: str, values: np.ndarray) -> np.ndarray:
-        """`lookup` for a small object array (str or None): a dict lookup per value, no index built
-        per call (the real-time path encodes a few dozen events)."""
+        """`lookup` for an object array (str or None). A few hundred values (the real-time path's few
+        customers) take a dict lookup each; more go through `lookup`'s vectorised index."""
+        if len(values) > 512:
+            return self.lookup(name, pd.Series(values, dtype=object))
         tokens = self.tokens[name]
         hit = self._positions.get(name)
         if hit is None or hit[0] != len(tokens):

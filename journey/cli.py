@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
+
+if TYPE_CHECKING:
+    from serving.settings import ServeSettings
 
 app = typer.Typer(help="Journey engine: customer journey stages, next best action, recommendations.")
 features_app = typer.Typer(help="Feature jobs: events -> model-ready sequences and labels.")
@@ -315,11 +318,17 @@ def promote(
         raise typer.Exit(code=3)
 
 
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")  # uvicorn's
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
-    config: Annotated[Path | None, typer.Option(help="YAML serve settings (configs/serve.yaml).")] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="YAML serve settings (configs/serve.yaml).", envvar="JOURNEY_CONFIG"),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting: key=value (repeatable).")
     ] = None,
@@ -327,28 +336,78 @@ def serve(
         str | None, typer.Option(help="Online store URL (sqlite:///... or redis://...).")
     ] = None,
     alias: Annotated[str | None, typer.Option(help="Registry alias to serve.")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Server processes (default: the `workers` setting, 1); each loads the model."),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
-    """Serve the scoring API (journey-scorer@champion) with uvicorn. API keys: JOURNEY_API_KEYS."""
-    import uvicorn
+    """Serve the scoring API (journey-scorer@champion) with uvicorn. API keys: JOURNEY_API_KEYS.
 
-    from serving.app import create_app
-    from serving.settings import ServeSettings
-
+    Every process, one or `--workers N`, builds the app with `serving.app:app_from_environment` from the
+    same layers, checked here first: the file (JOURNEY_CONFIG), the `--set` overrides and options
+    (passed on as JOURNEY_OVERRIDES), then the JOURNEY_* variables. Torch threads per worker:
+    `torch_threads`, else max(1, cores // workers).
+    """
+    if log_level not in LOG_LEVELS:
+        raise _fail(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
     overrides = _parse_overrides(set_)
     if store:
         overrides["store_url"] = store
     if alias:
         overrides["model_alias"] = alias
+    if workers is not None:
+        overrides["workers"] = workers
+    settings = _serve_settings(config, overrides)
+    import uvicorn
+
+    typer.echo(
+        f"serving {settings.model_name}@{settings.model_alias} on http://{host}:{port} (docs at /docs): "
+        f"{settings.workers} worker(s), {settings.threads_per_worker()} torch thread(s) each"
+    )
+    uvicorn.run(
+        "serving.app:app_from_environment",
+        factory=True,
+        workers=settings.workers,
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+    )
+
+
+def _serve_settings(config: Path | None, overrides: dict[str, object]) -> ServeSettings:
+    """The settings `journey serve` will run with, checked in this process so that a mistake is one line
+    here rather than a traceback in every worker; then handed to the workers through the environment.
+
+    The online store is opened once here: a wrong URL or an unreachable Redis fails now, and a new SQLite
+    file gets its schema and WAL mode from one process instead of N racing workers.
+    """
+    import json
+    import os
+
+    from serving.app import CONFIG_ENV, OVERRIDES_ENV, require_keys
+    from serving.settings import ServeSettings
+    from serving.store import open_store
+
     try:
         settings = ServeSettings.load(config, overrides)
-        application = create_app(settings)
-    except ValueError as err:
-        raise _fail(str(err)) from err
-    typer.echo(
-        f"serving {settings.model_name}@{settings.model_alias} on http://{host}:{port} (docs at /docs)"
-    )
-    uvicorn.run(application, host=host, port=port, log_level=log_level, access_log=False)
+        require_keys(settings)
+        encoded = json.dumps(overrides)
+    except (OSError, ValueError, TypeError, yaml.YAMLError) as err:
+        raise _fail(" ".join(str(err).split())) from err  # YAML's errors span lines
+    try:
+        opened = open_store(settings.store_url, max_events=settings.history_len)
+        opened.close()
+    except Exception as err:  # the store's own errors (sqlite3, redis) are the user's to fix: one line
+        raise _fail(f"cannot open the online store {settings.store_url!r}: {err}") from err
+    # Worker processes are fresh interpreters that inherit this environment (uvicorn spawns them).
+    if config is not None:
+        os.environ[CONFIG_ENV] = str(config.resolve())
+    else:
+        os.environ.pop(CONFIG_ENV, None)
+    os.environ[OVERRIDES_ENV] = encoded
+    return settings
 
 
 @decisions_app.command("export")

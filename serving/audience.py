@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from features.columns import EventColumns
 from features.schema import EVENT_COLUMNS, STAGES, conform_table
 from serving.service import CustomerRequest, Service
 
@@ -132,8 +133,9 @@ def score_audience(
     actions: dict[str, int] = {}
     writer: pq.ParquetWriter | None = None
     for part, events in customer_chunks(dataset, ids, chunk, str(events_path)):
-        requests = [CustomerRequest(c, events.iloc[:0], now, None, n_items) for c in part]
-        frame = service.score_table(requests, extra_events=events, n_items=n_items, record=record)
+        requests = [CustomerRequest(c, now=now, n_items=n_items) for c in part]
+        columns = EventColumns.from_frame(events)
+        frame = service.score_table(requests, extra_events=columns, n_items=n_items, record=record)
         for action, count in frame["action"].value_counts().items():
             actions[str(action)] = actions.get(str(action), 0) + int(count)
         if out.suffix == ".parquet":

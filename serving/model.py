@@ -29,11 +29,13 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 
+from features.columns import EventColumns
 from features.encoder import EncoderConfig
 from features.schema import ACTIONS, EVENT_COLUMNS, STAGES
 from features.vocab import FIRST, Vocabulary
 from predictor.interface import InferenceUnit, Predictions
 from predictor.registry import NotAJourneyModel, load_registered
+from serving.scoring import customer_slices, score_customers
 
 log = logging.getLogger(__name__)
 
@@ -252,19 +254,19 @@ def smoke_test(
         ModelRefused (permanent): non-finite weights, an error, or an answer that is not finite and
             normalised; the message names every problem found.
     """
-    from serving.scoring import predict_customers  # the scoring code the routes use
-
     problems = model.predictor.weight_problems()
     now = datetime.now(UTC)
     scored = 0
     for what, events, ids in smoke_samples(model, now, sample_events):
-        by_customer = events.groupby("customer_id", sort=False).indices
+        columns = EventColumns.from_frame(events).sorted()
+        first, last = customer_slices(columns, [str(c) for c in ids])
         for lo in range(0, len(ids), batch):
-            chunk = ids[lo : lo + batch]
-            rows = [by_customer[c] for c in chunk if c in by_customer]
-            part = events.iloc[np.concatenate(rows)] if rows else events.iloc[:0]
+            chunk = [str(c) for c in ids[lo : lo + batch]]
+            rows = [np.arange(first[j], last[j]) for j in range(lo, lo + len(chunk))]
+            part = columns.take(np.concatenate(rows))
             try:
-                pred = predict_customers(model, part, chunk, [now] * len(chunk), k=10)
+                # The scoring code the routes use.
+                pred = score_customers(model.predictor, part, chunk, [now] * len(chunk), k=10).pred
             except Exception as err:
                 problems.append(f"scoring {what} failed: {type(err).__name__}: {err}")
                 break

@@ -1,15 +1,20 @@
 """Request and response bodies of the v1 API (DESIGN.md, "Score response" and "HTTP API").
 
 Strings refuse NUL bytes and lone surrogates and numbers refuse NaN and infinity at the door: either
-would otherwise pass validation and fail later in the store or in JSON, as a 500.
+would otherwise pass validation and fail later in the store or in JSON, as a 500. Requests are strict
+about types: a number is not read from a string or a boolean, a time not from a number (pydantic's lax
+mode would take `"5"` or `true` for 5 and `0` for 1970), so a client's mistake is a 422, not a guess.
+Ids are stripped, as the event validator strips the ids it stores, never blank and free of control
+characters.
 """
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from features.schema import Action, Channel, EventType
 
@@ -24,22 +29,54 @@ def _clean_text(value: str) -> str:
     return value
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _clean_id(value: str) -> str:
+    """An id is addressable in a URL path: no control character (a newline inside an id could be
+    stored, then never read or erased through `/v1/customers/{customer_id}`)."""
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters")
+    return _clean_text(value)
+
+
 _EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
+_OUT_OF_RANGE = "must be between 1970-01-01 and 2200-01-01"
+_NUMERIC = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")
+
+
+def _time_text(value: Any) -> Any:
+    """Only ISO 8601 text is a time: pydantic would read a number, or a string of digits, as seconds
+    since 1970 (a datetime passes too, for callers in the same process)."""
+    if isinstance(value, datetime) or (isinstance(value, str) and not _NUMERIC.fullmatch(value)):
+        return value
+    raise ValueError("must be an ISO 8601 date and time, e.g. 2026-11-20T18:03:00Z")
+
+
 def _utc_time(value: datetime) -> datetime:
     """A time read as UTC when it has no offset, between 1970 and 2200 (what the event store holds)."""
-    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset: outside what datetime holds once in UTC
+        raise ValueError(_OUT_OF_RANGE) from None
     if not _EARLIEST <= value < _LATEST:
-        raise ValueError("must be between 1970-01-01 and 2200-01-01")
+        raise ValueError(_OUT_OF_RANGE)
     return value
 
 
-Time = Annotated[datetime, AfterValidator(_utc_time)]
+Time = Annotated[datetime, BeforeValidator(_time_text), AfterValidator(_utc_time)]
 Text = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_clean_text)]
-Id = Annotated[str, Field(min_length=1, max_length=128, examples=["C0000042"]), AfterValidator(_clean_text)]
-Number = Annotated[float, Field(allow_inf_nan=False)]
+Id = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=128),
+    Field(examples=["C0000042"]),
+    AfterValidator(_clean_id),
+]
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Flag = Annotated[bool, Field(strict=True)]
 OUTCOME_KINDS = ("delivered", "opened", "clicked", "purchased", "unsubscribed")
 
 
@@ -87,7 +124,7 @@ class ScoreContext(_Body):
         "of the server's clock (a 422 names the allowed range).",
     )
     channels: list[Channel] | None = Field(None, description="Channels the platform may use now.")
-    n_items: int | None = Field(None, ge=1, le=1_000, description="Recommendations to return.")
+    n_items: int | None = Field(None, strict=True, ge=1, le=1_000, description="Recommendations to return.")
 
 
 _RECORD = (
@@ -104,7 +141,7 @@ class ScoreRequest(_Body):
         "beyond the server's clock plus `max_clock_skew_s`.",
     )
     context: ScoreContext | None = None
-    record: bool = Field(True, description=_RECORD)
+    record: Flag = Field(True, description=_RECORD)
 
     model_config = ConfigDict(
         extra="forbid",
@@ -124,7 +161,7 @@ class ScoreRequest(_Body):
 
 class BatchScoreRequest(_Body):
     customers: list[ScoreRequest] = Field(min_length=1)
-    record: bool = Field(True, description=_RECORD + " Applies to every customer of the batch.")
+    record: Flag = Field(True, description=_RECORD + " Applies to every customer of the batch.")
 
 
 class EventsRequest(_Body):

@@ -54,5 +54,7 @@ def test_loading_the_service_loads_no_training_module() -> None:
         "loaded = sorted(m for m in sys.modules if m == 'training' or m.startswith('training.'))\n"
         "print(loaded)\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
     assert result.stdout.strip() == "[]"

@@ -8,7 +8,6 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from features.policy import RuleConfig
 from features.schema import MESSAGE_ACTIONS, STAGES
 from serving.app import create_app
 from serving.model import ModelManager, ModelRefused, load_version
-from serving.scoring import empty_events, score_customers
+from serving.scoring import score_customers
 from serving.service import CustomerRequest, Service
 from serving.settings import ServeSettings
 from serving.store import open_store
@@ -59,7 +58,7 @@ def settings_for(**overrides: Any) -> ServeSettings:
         seed=0,
         max_clock_skew_s=SHOP_TIME_SKEW_S,
     )
-    return replace(base, **overrides)
+    return base.replace(**overrides)
 
 
 @pytest.fixture(scope="module")
@@ -381,10 +380,8 @@ def test_the_online_path_and_the_feature_job_give_identical_model_inputs(
     store.append_events(events[events["ts"] < cutoff].reset_index(drop=True))
     model = manager.current
     assert model is not None
-    stored = store.events(customers)
-    scored = score_customers(
-        model, stored, np.array(customers, dtype=object), [cutoff.to_pydatetime()] * len(customers), 5
-    )
+    stored = store.event_columns(customers)
+    scored = score_customers(model.predictor, stored, customers, [cutoff.to_pydatetime()] * len(customers), 5)
     table = load_rows(served.build.path, "test")
     mask = (
         np.isin(np.array(table.column("customer_id").to_pylist()), customers)
@@ -606,7 +603,7 @@ def test_fifty_concurrent_decisions_on_two_replicas_send_one_message(
     barrier = threading.Barrier(50)
 
     def attempt(k: int) -> dict[str, Any]:
-        request = CustomerRequest(customer, empty_events(), (TEN + pd.Timedelta(seconds=k)).to_pydatetime())
+        request = CustomerRequest(customer, now=(TEN + pd.Timedelta(seconds=k)).to_pydatetime())
         barrier.wait(timeout=120)
         answer: dict[str, Any] = replicas[k % 2].score([request])[0]["next_best_action"]
         return answer
@@ -765,16 +762,12 @@ def test_a_decision_from_the_future_through_the_library_keeps_the_send_history(
     store.append_events(signup_row.reset_index(drop=True))
     try:
         # The library's `now` is free (backtests): a decision stamped in 2199.
-        future = service.score(
-            [CustomerRequest(customer, empty_events(), datetime(2199, 12, 31, tzinfo=UTC))]
-        )
+        future = service.score([CustomerRequest(customer, now=datetime(2199, 12, 31, tzinfo=UTC))])
         assert future[0]["next_best_action"]["action"] != "no_send"
         # 64 decisions at the real time, an hour apart.
         times = [pd.Timestamp(wall) - pd.Timedelta(hours=64 - k) for k in range(64)]
         answers = [
-            service.score([CustomerRequest(customer, empty_events(), t.to_pydatetime())])[0][
-                "next_best_action"
-            ]
+            service.score([CustomerRequest(customer, now=t.to_pydatetime())])[0]["next_best_action"]
             for t in times
         ]
     finally:
