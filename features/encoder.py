@@ -206,7 +206,9 @@ def _prepared(
     tokens["weekday"] = ((ts_ms // MS_PER_DAY + 3) % 7 + 1).astype(np.int32)  # 1..7, Monday 1
     value = np.asarray(value, dtype=np.float64)[order]
     value_bucket = np.where(
-        np.isnan(value), FIRST, FIRST + 1 + np.searchsorted(VALUE_EDGES, np.abs(np.nan_to_num(value)))
+        np.isnan(value),
+        FIRST,
+        FIRST + 1 + np.searchsorted(VALUE_EDGES, np.abs(np.where(np.isnan(value), 0.0, value))),
     )
     tokens["value_bucket"] = value_bucket.astype(np.int32)
     return PreparedEvents(
@@ -413,7 +415,7 @@ def _of_types(event_type: np.ndarray, types: frozenset[str]) -> np.ndarray:
 def cents(value: np.ndarray) -> np.ndarray:
     """Money as int64 cents (NaN -> 0): integer prefix sums are exact, so a customer's sums do not
     depend on which other customers share the batch (float prefix sums would)."""
-    return np.round(np.nan_to_num(value) * 100).astype(np.int64)
+    return np.round(np.where(np.isnan(value), 0.0, value) * 100).astype(np.int64)
 
 
 def prefix_sum(x: np.ndarray) -> np.ndarray:

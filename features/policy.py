@@ -292,9 +292,7 @@ def eligibility(
     if days_since_action is not None:
         for action, days in rules.cooldown_days.items():
             if action in days_since_action:
-                recent = (
-                    np.nan_to_num(np.asarray(days_since_action[action], dtype=np.float64), nan=np.inf) < days
-                )
+                recent = _nan_as_never(days_since_action[action]) < days
                 block(np.array([a == action for a in ACTIONS]), recent, f"cooldown_{action}")
 
     since_purchase = agg("days_since_last_purchase")
@@ -343,3 +341,9 @@ def greedy_policy(uplift: np.ndarray, allowed: np.ndarray, min_uplift: float = 0
     masked = np.where(allowed, uplift, -np.inf)
     masked[:, NO_SEND] = min_uplift
     return masked.argmax(axis=1)
+
+
+def _nan_as_never(days: np.ndarray) -> np.ndarray:
+    """Days since a send, NaN (never sent) as infinity."""
+    days = np.asarray(days, dtype=np.float64)
+    return np.where(np.isnan(days), np.inf, days)
