@@ -82,13 +82,15 @@ def positive_float(text: str) -> float:
 
 def threads_for(workers: int, cores: int, setting: str = "auto") -> int:
     """Torch intra-op threads per worker: `setting` when it is a number, else what `journey serve
-    --workers N` uses by default, max(1, cores // N), so that workers x threads stays within the cores.
+    --workers N` uses by default (`serving.settings.default_torch_threads`).
 
     Raises:
         ValueError: a setting that is neither `auto` nor a positive integer.
     """
     if setting == "auto":
-        return max(1, cores // max(1, workers))
+        from serving.settings import default_torch_threads
+
+        return default_torch_threads(cores, workers)
     return positive_int(setting)
 
 

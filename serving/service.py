@@ -54,13 +54,16 @@ from serving.store import AppendResult, Decision, Outcome, SendState, Store, fro
 log = logging.getLogger(__name__)
 
 
+NO_EVENTS = EventColumns.empty()  # shared by the requests without inline events (never modified)
+
+
 @dataclass
 class CustomerRequest:
     """One customer to score: inline events (checked), the time, the channels, how many items, and
     whether to record the decision (False: a preview that changes nothing in the store)."""
 
     customer_id: str
-    events: EventColumns = field(default_factory=EventColumns.empty)
+    events: EventColumns = field(default_factory=lambda: NO_EVENTS)
     now: datetime | None = None
     channels: set[str] | None = None
     n_items: int | None = None

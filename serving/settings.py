@@ -69,8 +69,8 @@ class ServeSettings(BaseSettings):
             audience export) is not held to it.
         workers: server processes on this machine (`journey serve --workers N`); each opens its own store
             connection and loads its own copy of the model.
-        torch_threads: intra-op threads per worker; None: the machine's cores divided among the workers,
-            `max(1, cores // workers)`, so that workers x threads never exceeds the cores.
+        torch_threads: intra-op threads per worker; None: `default_torch_threads(cores, workers)`, the
+            cores divided among the workers less one per worker for its Python threads.
         batch_wait_ms: how long a scoring call waits for others to share one forward pass (micro-batching;
             0: a call never waits, it only joins calls already queued).
         batch_max_customers: the most customers one shared forward pass takes.
@@ -200,7 +200,7 @@ class ServeSettings(BaseSettings):
             return self.torch_threads
         if cores is None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        return max(1, (cores or 1) // self.workers)
+        return default_torch_threads(cores or 1, self.workers)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain values, API keys masked (for logs and `GET /v1/model`)."""
@@ -220,6 +220,17 @@ class _MappingEnvSource(EnvSettingsSource):
     def _load_env_vars(self) -> Mapping[str, str | None]:
         # Names are case-insensitive, as pydantic-settings matches them by default.
         return {k.lower(): v for k, v in self._environ.items()}
+
+
+def default_torch_threads(cores: int, workers: int) -> int:
+    """Intra-op threads per worker: max(1, cores // workers - 1).
+
+    A worker's Python (the request threads, the store, the rules: one core's worth, held by the GIL) runs
+    beside its forward; torch threads beyond the remaining cores spin-wait against those Python threads
+    (OpenMP), which on a 2-core machine made one worker with 2 threads answer 50 requests/s with a p50
+    of 46 ms where 1 thread serves them in a few milliseconds (BENCHMARKS.md, serving).
+    """
+    return max(1, cores // max(1, workers) - 1)
 
 
 def describe(err: ValidationError) -> str:

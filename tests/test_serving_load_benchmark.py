@@ -174,10 +174,11 @@ def test_list_options_take_commas_spaces_or_both_in_order_without_repeats() -> N
 
 
 def test_threads_per_worker_split_the_cores_unless_set() -> None:
-    assert threads(1, 2) == 2
+    assert threads(1, 2) == 1  # one core left for the worker's Python threads
     assert threads(2, 2) == 1
     assert threads(3, 2) == 1  # never 0
-    assert threads(2, 16) == 8
+    assert threads(1, 4) == 3
+    assert threads(2, 16) == 7
     assert threads(2, 2, "3") == 3
     with pytest.raises(ValueError, match="at least 1"):
         threads(1, 2, "0")

@@ -19,7 +19,7 @@ from features.policy import eligibility, greedy_policy
 from features.schema import ACTIONS, STAGES
 from features.simulate import SimConfig, simulate
 from predictor.pyfunc import INFERENCE_PACKAGES
-from training.data import DEFAULT_TARGETS, FeatureBuild, from_encoded
+from training.data import DEFAULT_TARGETS, FeatureBuild
 from training.registry import (
     CHALLENGER,
     CHAMPION,
@@ -310,8 +310,7 @@ def test_train_registers_nothing_when_the_model_fails_the_gate(
 def _score(scorer: SequenceScorer, build: FeatureBuild, events: pd.DataFrame, now: str) -> tuple:
     cutoffs = pd.DataFrame({"customer_id": [events["customer_id"].iloc[0]], "cutoff": [pd.Timestamp(now)]})
     batch = encode(events, cutoffs, build.vocab, EncoderConfig(max_len=build.max_len))
-    data = from_encoded(batch, cutoffs["customer_id"].to_numpy(), build.n_items)
-    return scorer.predict(data, k=10), batch
+    return scorer.to_predictor(build.vocab).score(batch, 10), batch
 
 
 NOW = "2026-04-20T12:00:00+00:00"

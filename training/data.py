@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from features.build import load_rows, padded_tokens
-from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS, EncodedBatch
+from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS
 from features.schema import ACTIONS, STAGES
 from features.vocab import FIRST, Vocabulary
 from predictor.model import DEFAULT_TARGETS
@@ -163,25 +163,3 @@ class FeatureBuild:
 
     def split(self, name: str) -> FeatureData:
         return FeatureData.from_table(load_rows(self.path, name), self.max_len, self.n_items, self.targets)
-
-
-def from_encoded(
-    batch: EncodedBatch, customer_ids: np.ndarray, n_items: int, targets: tuple[str, ...] = DEFAULT_TARGETS
-) -> FeatureData:
-    """Unlabelled FeatureData from the encoder's output, for scoring (labels are empty)."""
-    n = len(batch)
-    return FeatureData(
-        customer_id=np.asarray(customer_ids, dtype=object),
-        cutoff_ms=np.zeros(n, dtype=np.int64),
-        tokens={name: t.astype(np.int64) for name, t in batch.tokens.items()},
-        length=batch.length.astype(np.int64),
-        aggregates=np.column_stack([batch.aggregates[a] for a in AGGREGATE_NAMES]).astype(np.float32),
-        stage=np.zeros(n, dtype=np.int64),
-        targets={t: np.zeros(n, dtype=np.float32) for t in targets},
-        next_items=[np.zeros(0, dtype=np.int64) for _ in range(n)],
-        logged_action=np.full(n, -1, dtype=np.int64),
-        logged_propensity=np.full(n, np.nan),
-        outcome=np.full(n, np.nan, dtype=np.float32),
-        unsubscribed=np.full(n, np.nan, dtype=np.float32),
-        n_items=n_items,
-    )
