@@ -47,7 +47,7 @@ def main() -> None:
     from serving.service import Service
     from serving.settings import ServeSettings
     from serving.store import open_store
-    from training.registry import configure
+    from predictor.registry import configure
 
     configure()
     manager = ModelManager("journey-scorer", "champion")
@@ -92,8 +92,8 @@ def main() -> None:
     stats.sort_stats("cumulative")
     steps = {
         "reading the events (customer_chunks)": "customer_chunks",
-        "model (SequenceScorer.predict)": "sequence.py",
-        "encoder (features.encoder.encode)": "encoder.py",
+        "model (the predictor's forward)": "predictor.py:forward",
+        "encoder (features.encoder.encode_columns)": "encoder.py:encode_columns",
         "rules and policy (blocked_matrix, choose)": "blocked_matrix",
         "decisions written (store.commit_decisions)": "commit_decisions",
         "the whole table (Service.score_table)": "score_table",

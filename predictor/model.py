@@ -150,7 +150,8 @@ class JourneyModel(nn.Module):
         # Inference's copy of the item table in (d, n_items) layout (`_item_table_t`); not a buffer, so
         # neither saved nor loaded.
         self._item_t: Tensor = torch.empty(0)
-        self._item_t_key: tuple[int, int] | None = None
+        self._item_bias: Tensor = torch.empty(0)
+        self._item_t_key: tuple[int, ...] | None = None
         # Inference's GRU states after p padding steps, p = 0..max_len (`_pad_states`).
         self._pad: Tensor = torch.empty(0)
         self._pad_key: tuple[object, ...] | None = None
@@ -179,8 +180,8 @@ class JourneyModel(nn.Module):
 
         # The bias carries -inf for padding and out-of-vocabulary: never recommended, at no extra pass
         # over the (B, n_items) scores (with a 100,000-item catalogue every such pass shows in latency).
-        bias = self.item_bias.masked_fill(self.not_an_item, float("-inf"))
-        items = torch.addmm(bias, self.item_query(state), self._item_table_t())  # (B, n_items)
+        bias, table = self._item_table()
+        items = torch.addmm(bias, self.item_query(state), table)  # (B, n_items)
         if self.config.repeat:
             self._add_repeat_scores(items, tokens, state)
         return ModelOutput(
@@ -212,7 +213,9 @@ class JourneyModel(nn.Module):
     def _pad_states(self, max_len: int) -> Tensor:
         """(max_len + 1, n_layers, d): the GRU's state after p padding steps (positions 0..p-1), built once
         per version of the weights."""
-        key = (max_len, *((p.data_ptr(), p._version) for p in self.parameters()))
+        used = [*self.embed.parameters(), *self.position.parameters(), *self.norm_in.parameters(),
+                *self.encoder.parameters()]  # fmt: skip
+        key = (max_len, *((p.data_ptr(), p._version) for p in used))
         if self._pad_key != key:
             d = self.config.d_model
             zeros = torch.zeros(1, max_len, dtype=torch.long)
@@ -227,23 +230,25 @@ class JourneyModel(nn.Module):
             self._pad_key = key
         return self._pad
 
-    def _item_table_t(self) -> Tensor:
-        """(d, n_items): the item embedding, transposed, for the ranking matmul.
+    def _item_table(self) -> tuple[Tensor, Tensor]:
+        """The ranking's bias ((n_items,), -inf for padding and OOV) and the item embedding transposed,
+        (d, n_items).
 
-        While gradients are recorded this is the embedding's own transposed view (the weight is tied with
-        the input embedding and must get its gradient). Without them (inference) it is a contiguous copy,
-        made once per version of the weight: the matmul reads the (d, n) layout faster than the (n, d)
-        one read through a transpose (about 20 % at one row, 5 % at 32-64 rows: benchmarks/ranking.py),
-        and the scores are the same up to float rounding.
+        While gradients are recorded these are computed from the parameters (the weight is tied with the
+        input embedding and must get its gradient). Without them (inference) they are built once per
+        version of the weights: the matmul reads the (d, n) layout faster than the (n, d) one read through
+        a transpose (about 20 % at one row, 5 % at 32-64 rows: benchmarks/ranking.py), the masked bias
+        is one pass over the catalogue less per forward, and the scores are the same up to float rounding.
         """
         weight: Tensor = self.embed["item_id"].weight  # type: ignore[assignment]  # (n_items, d)
         if torch.is_grad_enabled():
-            return weight.T
-        key = (weight.data_ptr(), weight._version)
+            return self.item_bias.masked_fill(self.not_an_item, float("-inf")), weight.T
+        key = (weight.data_ptr(), weight._version, self.item_bias.data_ptr(), self.item_bias._version)
         if self._item_t_key != key:
             self._item_t = weight.detach().T.contiguous()
+            self._item_bias = self.item_bias.detach().masked_fill(self.not_an_item, float("-inf"))
             self._item_t_key = key
-        return self._item_t
+        return self._item_bias, self._item_t
 
     def _add_repeat_scores(self, items: Tensor, tokens: dict[str, Tensor], state: Tensor) -> None:
         """Adds to `items` (in place) the learned score of each item the customer touched.
