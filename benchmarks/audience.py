@@ -42,12 +42,12 @@ def main() -> None:
     import pandas as pd
     import torch
 
+    from predictor.registry import configure
     from serving.audience import score_audience
     from serving.model import ModelManager
     from serving.service import Service
     from serving.settings import ServeSettings
     from serving.store import open_store
-    from predictor.registry import configure
 
     configure()
     manager = ModelManager("journey-scorer", "champion")

@@ -87,10 +87,17 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: the longest the first item of a batch waits for others (seconds, >= 0).
         max_items: the most items in one batch (>= 1).
         name: names the worker thread and the log lines.
+        coming: how many callers are on their way to `submit` (None: unknown). A batch stops waiting as
+            soon as none is: a lone request under light load is not held for company that will not come.
     """
 
     def __init__(
-        self, fn: Callable[[list[T]], Sequence[R]], max_wait_s: float, max_items: int, name: str
+        self,
+        fn: Callable[[list[T]], Sequence[R]],
+        max_wait_s: float,
+        max_items: int,
+        name: str,
+        coming: Callable[[], int] | None = None,
     ) -> None:
         if max_wait_s < 0:
             raise ValueError(f"max_wait_s must be >= 0, got {max_wait_s}")
@@ -100,6 +107,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait_s = max_wait_s
         self.max_items = max_items
         self.name = name
+        self.coming = coming
         self._queue: deque[_Pending[T, R]] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -206,9 +214,9 @@ class MicroBatcher(Generic[T, R]):
             deadline = self._queue[0].arrived + self.max_wait_s
             while len(self._queue) < self.max_items and not self._closed:
                 left = deadline - time.monotonic()
-                if left <= 0:
+                if left <= 0 or (self.coming is not None and self.coming() <= 0):
                     break
-                self._cond.wait(left)
+                self._cond.wait(min(left, 0.0005) if self.coming is not None else left)
             if self._closed:
                 return None
             taken = [self._queue.popleft() for _ in range(min(len(self._queue), self.max_items))]

@@ -72,7 +72,8 @@ class ServeSettings(BaseSettings):
         torch_threads: intra-op threads per worker; None: `default_torch_threads(cores, workers)`, the
             cores divided among the workers less one per worker for its Python threads.
         batch_wait_ms: how long a scoring call waits for others to share one forward pass (micro-batching;
-            0: a call never waits, it only joins calls already queued).
+            only while other calls are on their way to theirs: a call alone scores at once in its own
+            thread; 0: a call never waits, it only joins calls already queued).
         batch_max_customers: the most customers one shared forward pass takes.
         seed: seed of the exploration draws (None: fresh entropy; set in tests for repeatable answers).
     """

@@ -275,3 +275,27 @@ def test_stats_are_a_snapshot_and_give_the_mean_batch() -> None:
 def test_bad_settings_are_refused(max_wait_s: float, max_items: int) -> None:
     with pytest.raises(ValueError, match="must be"):
         MicroBatcher(Recorder(), max_wait_s=max_wait_s, max_items=max_items, name="t")
+
+
+def test_a_lone_item_does_not_wait_when_no_one_else_is_coming() -> None:
+    coming = [0]
+    batcher = MicroBatcher(
+        lambda items: items, max_wait_s=5.0, max_items=8, name="coming", coming=lambda: coming[0]
+    )
+    try:
+        started = time.monotonic()
+        assert batcher.submit(1) == 1
+        assert time.monotonic() - started < 2.0  # not held for the 5 s wait
+        # With another caller on its way, the first waits for it and both share a batch.
+        coming[0] = 1
+        results: list[int] = []
+        first = threading.Thread(target=lambda: results.append(batcher.submit(2)))
+        first.start()
+        time.sleep(0.2)
+        coming[0] = 0
+        results.append(batcher.submit(3))
+        first.join()
+        assert sorted(results) == [2, 3]
+        assert batcher.stats.largest_batch == 2
+    finally:
+        batcher.close()
