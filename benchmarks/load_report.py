@@ -319,7 +319,10 @@ def _baseline_lines(results: dict[str, Any]) -> str:
         f"### Before and after ({before.get('label', 'earlier run')})",
         "",
         f"Before: the run of {before.get('date')}, its figures kept in `benchmarks/results/"
-        "serving_load.json` under `baseline`; both with one worker.",
+        "serving_load.json` under `baseline`; both with one worker. The two runs were on different days "
+        "of a shared virtual machine whose speed varies from day to day (the same network, by the same "
+        "code, can take several times as long on another day), so these rows are not like for like; the "
+        "comparisons within one run (MLflow's server, the framework alone, the floor) are.",
         "",
         "| figure | before | after |",
         "|---|---:|---:|",
