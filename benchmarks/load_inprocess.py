@@ -121,14 +121,10 @@ class InProcess:
 
 def inline_events() -> Callable[..., Any]:
     """The service's converter of a request's inline events (rows, customer_id, where=...) into what
-    `CustomerRequest` takes: `request_events`, named `events_frame` before the columns rewrite."""
-    import serving.service
+    `CustomerRequest` takes."""
+    from serving.service import request_events
 
-    found = getattr(serving.service, "request_events", None) or getattr(serving.service, "events_frame", None)
-    if found is None:
-        raise AttributeError("serving.service has neither request_events nor events_frame")
-    converter: Callable[..., Any] = found
-    return converter
+    return request_events
 
 
 def close_service(service: Any) -> None:
