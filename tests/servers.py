@@ -240,10 +240,11 @@ def mlflow_tracking_server(backend_store_uri: str, tmp_dir: Path) -> Iterator[Ml
             time.sleep(0.5)
         yield MlflowServer(tracking_uri=url, backend_store_uri=backend_store_uri, artifacts=artifacts)
     finally:
-        _stop_group(process)
+        stop_group(process)
 
 
-def _stop_group(process: subprocess.Popen[bytes]) -> None:
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Stops a process started in a session of its own, and its whole group (SIGTERM, then SIGKILL)."""
     # The whole group, even when the leader has exited: a worker could outlive it.
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)

@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from serving.app import create_app
 from serving.model import ModelManager
 from serving.settings import ServeSettings
 from serving.store import SQLiteStore, open_store
-from tests.servers import HOST, free_port
+from tests.servers import HOST, free_port, stop_group
 from tests.serving_env import Served, served  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -66,14 +65,7 @@ def journey_serve(args: Sequence[str], env: dict[str, str], log: Path) -> Iterat
     try:
         yield process
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_group(process)
 
 
 def test_two_workers_serve_one_sqlite_store_with_the_commands_settings(
