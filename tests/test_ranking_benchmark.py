@@ -12,22 +12,22 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.ranking import (
+from benchmarks.ranking import main
+from benchmarks.ranking_methods import (
     END,
     METHODS,
     START,
     Method,
     Ranked,
     Table,
-    _runs,
     check_exact,
-    main,
     make_queries,
     make_table,
     rank_addmm_topk,
     rank_chunked,
     recommend,
 )
+from benchmarks.ranking_report import run_spans
 
 LABELS = {"a": "(a) base", "d1": "(d1) fused", "d2": "(d2) other", "x": "(x) fast but wrong"}
 
@@ -176,8 +176,8 @@ def test_the_recommendation_needs_an_exact_baseline() -> None:
 
 
 def test_runs_of_block_sizes() -> None:
-    assert _runs([1, 2, 3, 5, 7, 8]) == "{1-3, 5, 7-8}"
-    assert _runs([4]) == "{4}"
+    assert run_spans([1, 2, 3, 5, 7, 8]) == "{1-3, 5, 7-8}"
+    assert run_spans([4]) == "{4}"
 
 
 def test_a_tiny_run_writes_its_json_and_its_section(tmp_path: Path) -> None:
