@@ -20,6 +20,7 @@ Three kinds of rule:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime
@@ -347,3 +348,14 @@ def _nan_as_never(days: np.ndarray) -> np.ndarray:
     """Days since a send, NaN (never sent) as infinity."""
     days = np.asarray(days, dtype=np.float64)
     return np.where(np.isnan(days), np.inf, days)
+
+
+def in_control_group(customer_ids: Sequence[str], share: float, salt: str) -> np.ndarray:
+    """Stable per customer: sha256(salt, id) read as a number in [0, 1) below `share`."""
+    out = np.zeros(len(customer_ids), dtype=bool)
+    if share <= 0:
+        return out
+    for i, c in enumerate(customer_ids):
+        digest = hashlib.sha256(f"{salt}\x00{c}".encode()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64 < share
+    return out

@@ -78,7 +78,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -92,6 +91,7 @@ import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from features import schema
+from features.policy import in_control_group
 from features.schema import Action, Channel, EventType
 
 __all__ = [
@@ -657,20 +657,13 @@ def control_group(customer_ids: Sequence[str], share: float, seed: int) -> np.nd
     """Whether each customer is in the control group: stable per id and seed, random across customers.
 
     sha256 of the salt and the id, read as a number in [0, 1), below `share`: the service's rule
-    (`serving.scoring.in_control_group`) with the salt `sim-control-{seed}`. A hash rather than the run's
+    (`features.policy.in_control_group`) with the salt `sim-control-{seed}`. A hash rather than the run's
     random stream keeps membership the same whatever the chunking, and leaves that stream untouched.
 
     Returns:
         Bool array, one entry per id.
     """
-    out = np.zeros(len(customer_ids), dtype=bool)
-    if share <= 0:
-        return out
-    salt = f"sim-control-{seed}"
-    for i, c in enumerate(customer_ids):
-        digest = hashlib.sha256(f"{salt}\x00{c}".encode()).digest()
-        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64 < share
-    return out
+    return in_control_group(customer_ids, share, f"sim-control-{seed}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ the campaign's lift against the control group both have what they need.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from features.policy import FATIGUE_RULES, NO_SEND, eligibility, greedy_policy
+from features.policy import FATIGUE_RULES, NO_SEND, eligibility, greedy_policy, in_control_group
 from features.schema import ACTIONS, MESSAGE_ACTIONS, Action
 from serving.settings import ServeSettings
 
@@ -41,17 +40,6 @@ class Choice:
     explored: np.ndarray  # (n,) bool: the draw differs from the greedy action
     greedy: np.ndarray  # (n,) index of the greedy action
     drawn: np.ndarray  # (n,) the policy's draw before the control group (the intended action)
-
-
-def in_control_group(customer_ids: Sequence[str], share: float, salt: str) -> np.ndarray:
-    """Stable per customer: sha256(salt, id) read as a number in [0, 1) below `share`."""
-    out = np.zeros(len(customer_ids), dtype=bool)
-    if share <= 0:
-        return out
-    for i, c in enumerate(customer_ids):
-        digest = hashlib.sha256(f"{salt}\x00{c}".encode()).digest()
-        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64 < share
-    return out
 
 
 def policy_probabilities(uplift: np.ndarray, allowed: np.ndarray, settings: ServeSettings) -> np.ndarray:
