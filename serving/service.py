@@ -224,10 +224,8 @@ class Service:
         model = self.model()
         ids = [r.customer_id for r in requests]
         _refuse_duplicates(ids)
-        own = [r.events for r in requests if len(r.events)]
-        events = merge_events(
-            self.store.event_columns(ids), [*own, *([extra_events] if extra_events else [])]
-        )
+        own = EventColumns.concat([r.events for r in requests if len(r.events)])  # the requests' events
+        events = merge_events(self.store.event_columns(ids), [own, *([extra_events] if extra_events else [])])
         slices = customer_slices(events, ids)
         defaults = default_now(events, *slices, utcnow())
         now = [_utc(r.now) if r.now is not None else d for r, d in zip(requests, defaults, strict=True)]
@@ -236,7 +234,7 @@ class Service:
         scored = score_customers(model.predictor, events, ids, now, int(k.max()), forward, slices)
 
         states = self._send_states(ids, now)
-        inline = inline_state(EventColumns.concat(own), extra_events, dict(zip(ids, now, strict=True)))
+        inline = inline_state(own, extra_events, dict(zip(ids, now, strict=True)))
         rules_in = rule_inputs(scored, states, inline)
         channels = [r.channels for r in requests]
         allowed, blocked_by = blocked_matrix(
