@@ -228,8 +228,8 @@ def default_torch_threads(cores: int, workers: int) -> int:
 
     A worker's Python (the request threads, the store, the rules: one core's worth, held by the GIL) runs
     beside its forward; torch threads beyond the remaining cores spin-wait against those Python threads
-    (OpenMP), which on a 2-core machine made one worker with 2 threads answer 50 requests/s with a p50
-    of 46 ms where 1 thread serves them in a few milliseconds (BENCHMARKS.md, serving).
+    (OpenMP): on a 2-core machine one worker with 2 torch threads answered 50 requests/s several times
+    slower than with 1 (`benchmarks/serving_load.py --torch-threads 2` against the default).
     """
     return max(1, cores // max(1, workers) - 1)
 
