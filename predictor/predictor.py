@@ -27,6 +27,12 @@ from predictor.model import Calibration, JourneyModel, ModelConfig, ModelOutput,
 WEIGHTS, META, VOCAB = "weights.pt", "predictor.json", "vocab.json"
 
 
+def rows_per_forward(n_items: int) -> int:
+    """Rows per forward: the (rows, n_items) scores stay small enough for the CPU's caches (about 16 MB);
+    one (2048, 100,000) block would be 800 MB and several times slower per row."""
+    return max(32, min(2048, 4_000_000 // max(n_items, 1)))
+
+
 @torch.inference_mode()
 def raw_outputs(
     model: JourneyModel, tokens: Mapping[str, np.ndarray], aggregates: np.ndarray, k: int = 0
@@ -39,11 +45,9 @@ def raw_outputs(
         aggregates: (n, n_aggregates) in `AGGREGATE_NAMES` order.
     """
     n = len(aggregates)
+    step = rows_per_forward(model.config.n_items)
     chunks: dict[str, list[np.ndarray]] = {"stage": [], "propensity": [], "action": [], "top": [],
                                            "top_scores": []}  # fmt: skip
-    # Rows per forward: the (rows, n_items) scores stay small enough for the CPU's caches (about 16 MB);
-    # one (2048, 100,000) block would be 800 MB and several times slower per row.
-    step = max(32, min(2048, 4_000_000 // max(model.config.n_items, 1)))
     for lo in range(0, n, step):
         hi = min(lo + step, n)
         batch = {
