@@ -170,11 +170,7 @@ def main() -> None:
         f"runs them, {torch.get_num_threads()} intra-op threads, median of {FLOOR_REPEATS}) costs "
         f"{floor['per_customer_us']:,.0f} µs a customer: at most {floor['ceiling']:,.0f} customers/s on "
         "this machine before reading, encoding, the sequence encoder, the rules or the store"
-        + (
-            f", so an exact export cannot reach {TARGET:,.0f} here."
-            if floor["ceiling"] < TARGET
-            else "."
-        ),
+        + (f", so an exact export cannot reach {TARGET:,.0f} here." if floor["ceiling"] < TARGET else "."),
     ]
     section = "\n".join(lines)
     print(section)
