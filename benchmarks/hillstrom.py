@@ -9,7 +9,7 @@ Protocol:
 
 1. Uplift per e-mail: for each e-mail arm against No E-Mail, the difference in visit rate, conversion rate
    and mean spend, with a paired percentile bootstrap interval over customers (both arms' means on the same
-   resampled rows, `training.metrics.paired_bootstrap`) and a normal (Welch) interval; the rates of the
+   resampled rows, `stats.paired_bootstrap`) and a normal (Welch) interval; the rates of the
    full 64,000-customer set (SOURCE.md) beside them.
 2. Learned policies, cross-fitted over K folds (stratified by arm and outcome): every model is fitted on
    K - 1 folds and chooses the actions of the held-out fold, so each customer's action comes from a model
@@ -67,7 +67,7 @@ if str(REPO) not in sys.path:  # run as a script: make the project's packages im
     sys.path.insert(0, str(REPO))
 
 from benchmarks.sections import update_section  # noqa: E402
-from training.metrics import (  # noqa: E402
+from stats import (  # noqa: E402
     Interval,
     RowStatistic,
     bootstrap_ci,

@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:  # run as a script: make the project's packages im
     sys.path.insert(0, str(REPO))
 
 from benchmarks.sections import update_section  # noqa: E402
-from training.metrics import Interval, bootstrap_ci, bootstrap_distribution  # noqa: E402
+from stats import Interval, bootstrap_ci, bootstrap_distribution  # noqa: E402
 from training.ope import LoggedBandit, effective_sample_size, estimator_terms, importance_weights  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "open_bandit_sample"

@@ -39,14 +39,13 @@ import pytest
 from typer.testing import CliRunner
 
 from features.simulate import ACTIONS, SimConfig, control_group, simulate
+from stats import newcombe_interval, wilson_interval
 from training.campaign import (
     CampaignResults,
     campaign_results,
     load_decision_log,
     log_report,
-    newcombe_interval,
     outcomes_from_events,
-    wilson_interval,
     write_report,
 )
 

@@ -9,13 +9,18 @@ import pytest
 from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
 from sklearn.metrics import log_loss as sk_log_loss
 
-from training.metrics import (
+from stats import (
     Interval,
     RowStatistic,
-    accuracy,
-    average_precision,
     bootstrap_ci,
     bootstrap_means,
+    paired_bootstrap,
+    ratio_of_means,
+    weighted_nanmean,
+)
+from training.metrics import (
+    accuracy,
+    average_precision,
     catalogue_coverage,
     confusion_matrix,
     expected_calibration_error,
@@ -26,16 +31,13 @@ from training.metrics import (
     mrr_at_k,
     multiclass_log_loss,
     ndcg_at_k,
-    paired_bootstrap,
     ranking_metrics,
-    ratio_of_means,
     recall_at_k,
     relevance_hits,
     reliability_curve,
     roc_auc,
     split_repeat_explore,
     unique_relevant,
-    weighted_nanmean,
 )
 
 LOG2_3 = math.log2(3)  # 1.58496

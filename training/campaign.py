@@ -51,7 +51,6 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -60,7 +59,7 @@ import pyarrow.dataset as ds
 from matplotlib.figure import Figure
 
 from features.schema import Action, EventType
-from training.metrics import Interval
+from stats import newcombe_interval
 
 __all__ = [
     "DEFAULT_BY",
@@ -72,13 +71,11 @@ __all__ = [
     "format_headline",
     "load_decision_log",
     "log_report",
-    "newcombe_interval",
     "outcomes_from_events",
     "plot_lift_by_action",
     "plot_rates_by_action",
     "plot_revenue",
     "plot_weekly",
-    "wilson_interval",
     "write_report",
 ]
 
@@ -362,55 +359,6 @@ def outcomes_from_events(
     out["purchased"] = diff[:, 0] > 0
     out["revenue"] = np.where(diff[:, 0] > 0, diff[:, 1], 0.0)
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Intervals
-# ----------------------------------------------------------------------------------------------------------
-
-
-def _z(alpha: float) -> float:
-    return NormalDist().inv_cdf(1 - alpha / 2)
-
-
-def wilson_interval(successes: float, n: float, alpha: float = 0.05) -> Interval:
-    """The Wilson score interval of a proportion; NaN for n = 0.
-
-    Args:
-        successes: x.
-        n: trials.
-        alpha: 1 - coverage.
-
-    Returns:
-        (x / n, lo, hi).
-    """
-    if n <= 0:
-        return Interval(float("nan"), float("nan"), float("nan"))
-    z = _z(alpha)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z / denom * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return Interval(float(p), float(centre - half), float(centre + half))
-
-
-def newcombe_interval(x1: float, n1: float, x2: float, n2: float, alpha: float = 0.05) -> Interval:
-    """Newcombe's hybrid score interval of p1 - p2 (Newcombe 1998, method 10); NaN if n1 or n2 is 0.
-
-    With Wilson intervals (l1, u1) and (l2, u2) of the two proportions and d = p1 - p2:
-    lo = d - sqrt((p1 - l1)^2 + (u2 - p2)^2), hi = d + sqrt((u1 - p1)^2 + (p2 - l2)^2).
-
-    Returns:
-        (p1 - p2, lo, hi).
-    """
-    if n1 <= 0 or n2 <= 0:
-        return Interval(float("nan"), float("nan"), float("nan"))
-    p1, l1, u1 = wilson_interval(x1, n1, alpha)
-    p2, l2, u2 = wilson_interval(x2, n2, alpha)
-    d = p1 - p2
-    lo = d - np.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)
-    hi = d + np.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)
-    return Interval(float(d), float(lo), float(hi))
 
 
 def _clusters(group: pd.DataFrame) -> np.ndarray:

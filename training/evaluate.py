@@ -47,15 +47,13 @@ from features.policy import NO_SEND, RuleConfig, eligibility
 from features.schema import STAGES
 from features.simulate import LATENT_TO_STAGE
 from features.vocab import FIRST
+from stats import Interval, RowStatistic, bootstrap_means
 from training.data import FeatureData
 from training.interface import Predictions
 from training.metrics import (
-    Interval,
     ReliabilityCurve,
-    RowStatistic,
     accuracy,
     average_precision,
-    bootstrap_means,
     catalogue_coverage,
     confusion_matrix,
     expected_calibration_error,

@@ -37,8 +37,8 @@ from features.build import load_rows
 from features.encoder import AGGREGATE_NAMES
 from features.policy import NO_SEND, RuleConfig, eligibility, greedy_policy, playbook_actions
 from features.schema import ACTIONS
+from stats import Interval, RowStatistic, ratio_of_means, weighted_nanmean
 from training.data import FeatureData
-from training.metrics import Interval, RowStatistic, ratio_of_means, weighted_nanmean
 
 ESTIMATORS: tuple[str, ...] = ("ips", "snips", "dm", "dr")
 # Estimators that need a reward model q(x, a).

@@ -14,8 +14,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from features.schema import STAGES
+from stats import Interval
 from training.evaluate import EvaluationResult
-from training.metrics import Interval, ReliabilityCurve
+from training.metrics import ReliabilityCurve
 
 
 def _figure(width: float, height: float) -> Figure:
