@@ -34,8 +34,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import yaml
 
+from features.config import from_settings, load_settings
 from features.encoder import (
     AGGREGATE_NAMES,
     TOKEN_FIELDS,
@@ -130,32 +130,6 @@ class BuildConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """YAML settings (optional file) with dotted overrides applied, e.g. {"encoder.max_len": 30}.
-
-    The one loader behind every `--config FILE --set key=value` command.
-    """
-    data: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}) if path else {}
-    for dotted, value in (overrides or {}).items():
-        target = data
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            target = target.setdefault(p, {})
-        target[leaf] = value
-    return data
-
-
-def from_settings(kind: type, data: dict[str, Any], name: str) -> Any:
-    """`kind(**data)`, naming any key `kind` does not have (the check behind every settings section)."""
-    known = {f.name for f in fields(kind)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(
-            f"unknown {name} setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-        )
-    return kind(**data)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
-from features.build import from_settings, load_settings
+from features.config import from_settings, load_settings
 from features.schema import ACTIONS, MESSAGE_ACTIONS, STAGES, Action, Stage
 
 # What each stage gets where no logged sends exist to learn from (DESIGN.md, "Journey stages").

@@ -31,7 +31,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from features.build import load_settings
+from features.config import load_settings
 from features.policy import RuleConfig
 from serving.store import send_log_problems
 

@@ -24,7 +24,8 @@ import torch
 import torch.distributed as dist
 import yaml
 
-from features.build import input_files, load_settings
+from features.build import input_files
+from features.config import load_settings
 from features.policy import RuleConfig, load_rules
 from predictor.model import ModelConfig
 from predictor.registry import load_registered
