@@ -6,14 +6,15 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 export SPARK_LOCAL_IP := 127.0.0.1
 
-.PHONY: demo test install install-dev lint typecheck unit bench clean
+.PHONY: demo test install install-dev system-deps lint typecheck unit bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade "pip>=25.1"
 
+# The full set: the service plus training, reports, the Spark engine and the benchmarks (the `train` extra).
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[train]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
@@ -29,7 +30,11 @@ demo: install
 	$(BIN)/journey demo
 
 ## Lint, type-check and run the whole test suite (pytest's "no tests ran" fails the target).
-test: install-dev lint typecheck unit
+test: install-dev system-deps lint typecheck unit
+
+## The Debian packages the tests start (Java for Spark, redis-server, PostgreSQL, Chromium), if missing.
+system-deps:
+	bash scripts/system-deps.sh
 
 lint:
 	$(BIN)/ruff check .
@@ -43,7 +48,7 @@ unit:
 
 ## Feature-job throughput against DuckDB (writes benchmarks/results/feature_job.json).
 bench: install-dev
-	$(BIN)/python benchmarks/feature_job.py
+	$(BIN)/python -m benchmarks.feature_job
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

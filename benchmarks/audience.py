@@ -1,7 +1,7 @@
 """Audience export throughput: `journey score-audience`'s code (`serving.audience.score_audience`) over a
 shop's customers with the registered champion, decisions recorded in a scratch SQLite store.
 
-    .venv/bin/python benchmarks/audience.py --events demo_output/shop/events --now 2026-07-01 \
+    .venv/bin/python -m benchmarks.audience --events demo_output/shop/events --now 2026-07-01 \
         --repeats 3 --markdown BENCHMARKS.md
 
 Reports the median customers/s over the repeats (each a fresh store), beside the target of DESIGN.md
@@ -10,20 +10,32 @@ Reports the median customers/s over the repeats (each a fresh store), beside the
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import datetime as dt
 import io
-import json
 import os
 import pstats
 import statistics
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._harness import (
+    REPO,
+    RESULTS,
+    add_markdown,
+    add_repeats,
+    command_line,
+    machine_info,
+    make_parser,
+    write_json,
+    write_section,
+)
+
+if TYPE_CHECKING:
+    from predictor.predictor import Predictor
 
 TARGET = 5_000.0
 FLOOR_REPEATS = 7
@@ -35,7 +47,7 @@ def registry_prefix() -> str:
     return f"MLFLOW_TRACKING_URI={uri} " if uri else ""
 
 
-def ranking_floor(model: object, repeats: int = FLOOR_REPEATS) -> dict[str, float]:
+def ranking_floor(predictor: Predictor, repeats: int = FLOOR_REPEATS) -> dict[str, float]:
     """The exact catalogue ranking alone, as the predictor's forward runs it: the served table's
     `addmm`, `topk` and the softmax normaliser, on blocks of random queries as large as the forward's row
     chunks, at this process's torch threads. Median over `repeats` of µs per customer, and the customers/s
@@ -46,9 +58,12 @@ def ranking_floor(model: object, repeats: int = FLOOR_REPEATS) -> dict[str, floa
 
     from predictor.predictor import rows_per_forward
 
-    net = model.predictor.model  # type: ignore[attr-defined]
+    net = predictor.model
     with torch.inference_mode():
-        bias, table = net._item_table()
+        # The served table as the model builds it for inference: pad and OOV masked, (d, n_items).
+        bias = net.item_bias.masked_fill(net.not_an_item, float("-inf"))
+        weight: torch.Tensor = net.embed["item_id"].weight  # type: ignore[assignment]  # (n_items, d)
+        table = weight.T.contiguous()
         rows = rows_per_forward(int(table.shape[1]))
         queries = torch.randn(rows, int(table.shape[0]), generator=torch.Generator().manual_seed(0))
         times = []
@@ -62,16 +77,15 @@ def ranking_floor(model: object, repeats: int = FLOOR_REPEATS) -> dict[str, floa
     return {"rows": rows, "per_customer_us": per_customer_us, "ceiling": 1e6 / per_customer_us}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--events", type=Path, default=ROOT / "demo_output" / "shop" / "events")
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(__doc__)
+    parser.add_argument("--events", type=Path, default=REPO / "demo_output" / "shop" / "events")
     parser.add_argument("--now", default="2026-07-01T00:00:00Z")
-    parser.add_argument("--repeats", type=int, default=3)
+    add_repeats(parser, 3)
     parser.add_argument("--chunk", type=int, default=5_000)
-    parser.add_argument("--markdown", type=Path, default=None)
-    args = parser.parse_args()
+    add_markdown(parser)
+    args = parser.parse_args(argv)
 
     import pandas as pd
     import torch
@@ -89,6 +103,7 @@ def main() -> None:
     if result["error"] or manager.current is None:
         raise SystemExit(f"no champion to score with: {result['error']} (run make demo first)")
     model = manager.current
+    predictor = cast("Predictor", model.predictor)  # the registered champion's network and its config
     now = pd.Timestamp(args.now).to_pydatetime()
     runs = []
     for i in range(args.repeats):
@@ -138,18 +153,19 @@ def main() -> None:
         times = [v[3] for k, v in stats.stats.items() if needle in f"{k[0]}:{k[2]}"]  # type: ignore[attr-defined]
         shares[label] = max(times) / total if times else 0.0
 
-    floor = ranking_floor(model)
+    floor = ranking_floor(predictor)
     median = statistics.median(r["customers_per_second"] for r in runs)
     verdict = "met" if median >= TARGET else "**NOT met**"
+    machine = machine_info(("torch",))
     lines = [
         "## Audience export (`journey score-audience`)",
         "",
-        f"Written by `{registry_prefix()}.venv/bin/python benchmarks/audience.py "
-        f"{' '.join(sys.argv[1:])}` on "
-        f"{dt.date.today().isoformat()} ({os.cpu_count()} cores, torch {torch.__version__}, "
+        f"Written by `{registry_prefix()}{command_line('audience', argv)}` on "
+        f"{dt.date.today().isoformat()} ({machine['cpu_count_logical']} cores, "
+        f"torch {machine['versions']['torch']}, "
         f"{torch.get_num_threads()} intra-op threads): `serving.audience.score_audience`, the code behind "
         f"`journey score-audience`, over every customer of `{args.events}` at {args.now}, with "
-        f"`journey-scorer@champion` version {model.version} ({model.predictor.config.encoder} encoder, "
+        f"`journey-scorer@champion` version {model.version} ({predictor.config.encoder} encoder, "
         f"{model.catalogue_size:,}-item catalogue), decisions recorded in a scratch SQLite store, "
         f"{args.chunk:,} customers per vectorised pass, {args.repeats} repeats.",
         "",
@@ -174,16 +190,11 @@ def main() -> None:
     ]
     section = "\n".join(lines)
     print(section)
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "audience.json").write_text(
-        json.dumps({"runs": runs, "median": median, "shares": shares, "ranking_floor": floor}, indent=2)
-        + "\n"
+    write_json(
+        RESULTS / "audience.json", {"runs": runs, "median": median, "shares": shares, "ranking_floor": floor}
     )
     if args.markdown:
-        from benchmarks.sections import update_section
-
-        start, end = "<!-- audience:start -->", "<!-- audience:end -->"
-        update_section(args.markdown, f"{start}\n{section}\n{end}", start, end)
+        write_section(args.markdown, "audience", section)
 
 
 if __name__ == "__main__":

@@ -121,10 +121,8 @@ def _histories(events: pd.DataFrame) -> dict[str, list[tuple[int, _History]]]:
     ).sort_values(["customer_id", "ts"], kind="stable")
     out: dict[str, list[tuple[int, _History]]] = {}
     for customer, group in frame.groupby("customer_id", sort=False):
-        ts, et, arrived = group["ts"].to_numpy(), group["event_type"].to_numpy(), group["known"].to_numpy()
-        out[str(customer)] = [
-            (int(a), _history(ts[arrived <= a], et[arrived <= a])) for a in np.unique(arrived)
-        ]
+        ts, et, since = group["ts"].to_numpy(), group["event_type"].to_numpy(), group["known"].to_numpy()
+        out[str(customer)] = [(int(a), _history(ts[since <= a], et[since <= a])) for a in np.unique(since)]
     return out
 
 
@@ -241,11 +239,12 @@ def audit(
         limit = _us(pd.Series([clock_end]))[0] + int(tolerance_s * 1_000_000)
         counts.future = int((engine["ts"] > limit).sum())
 
-    for row in engine.itertuples(index=False):
-        h = _known_at(histories.get(row.customer_id), int(row.ts))
-        if not consented(h, int(row.ts), rules):
+    columns = (engine[c].to_numpy() for c in ("customer_id", "ts", "action"))
+    for customer, ts_us, action in zip(*columns, strict=True):
+        h = _known_at(histories.get(str(customer)), int(ts_us))
+        if not consented(h, int(ts_us), rules):
             counts.opted_out += 1
-        broken = eligibility_failure(h, int(row.ts), str(row.action), rules)
+        broken = eligibility_failure(h, int(ts_us), str(action), rules)
         if broken is not None:
             counts.ineligible[broken] += 1
 

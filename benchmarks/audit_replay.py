@@ -1,7 +1,7 @@
 """The decision audit's steps: a trained shop, and one store's run (history, audience, real-time day, bursts).
 
-`benchmarks/decision_audit.py` is the command; this module does the work, `benchmarks/audit_checks.py`
-judges it.
+`benchmarks.decision_audit` is the command; this module does the work on the servers of
+`benchmarks.audit_servers`, and `benchmarks.audit_checks` judges it.
 """
 
 from __future__ import annotations
@@ -10,10 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-KEY = "audit-key"
+from benchmarks.audit_servers import call, journey_command, redis_server, serving
+
 # Any eligible message beats sending nothing, and one call in five explores: only the rules hold sends back.
 EAGER = {"min_uplift": -1.0, "epsilon": 0.2, "reload_interval_s": 0, "history_len": 200}
 
@@ -40,10 +36,6 @@ Log = Callable[[str], None]
 class Backend:
     name: str  # "sqlite" or "redis"
     replicas: int
-
-
-def _journey() -> str:
-    return str(Path(sys.executable).with_name("journey"))
 
 
 def prepare(work: Path, customers: int, seed: int, train_rows: int, epochs: int, log: Log) -> dict[str, Any]:
@@ -59,9 +51,12 @@ def prepare(work: Path, customers: int, seed: int, train_rows: int, epochs: int,
             return prepared
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    from features.build import BuildConfig, build_features
-    from features.simulate import SimConfig, simulate
-    from training.train import TrainConfig, promote, train
+    from features.build import build_features
+    from features.sim import SimConfig, simulate
+    from features.snapshots import BuildConfig
+    from training.config import TrainConfig
+    from training.promote import promote
+    from training.train import train
 
     shop, features = work / "shop", work / "features"
     log(f"simulating {customers:,} customers -> {shop}")
@@ -104,119 +99,16 @@ def prepare(work: Path, customers: int, seed: int, train_rows: int, epochs: int,
     return prepared
 
 
-@contextmanager
-def redis_server(workdir: Path) -> Iterator[str]:
-    """A throw-away redis-server without persistence on a free local port."""
-    import socket
-
-    import redis
-
-    binary = shutil.which("redis-server") or "/usr/bin/redis-server"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    workdir.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                redis.Redis.from_url(url).ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {port}") from None
-                time.sleep(0.05)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
-def _call(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        data=data,
-        method=method,
-        headers={"X-API-Key": KEY, "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-
-
-@contextmanager
-def serving(config: Path, replicas: int, logs: Path) -> Iterator[list[int]]:
-    """`replicas` processes of `journey serve` on one config (and so one store), ready to answer."""
-    import socket
-
-    ports, procs = [], []
-    env = {**os.environ, "JOURNEY_API_KEYS": KEY}
-    for _ in range(replicas):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-        out = (logs / f"serve-{ports[-1]}.log").open("wb")
-        cmd = [
-            _journey(),
-            "serve",
-            "--port",
-            str(ports[-1]),
-            "--config",
-            str(config),
-            "--log-level",
-            "warning",
-        ]
-        procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
-    try:
-        deadline = time.monotonic() + 300
-        for port, proc in zip(ports, procs, strict=True):
-            while True:
-                try:
-                    if _call(port, "GET", "/readyz")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"journey serve on {port} did not get ready: see {logs}")
-                time.sleep(0.3)
-        yield ports
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
 def _rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Events as JSON request rows (missing values left out)."""
     out = []
     for record in frame.assign(ts=frame["ts"].map(lambda t: t.isoformat())).to_dict(orient="records"):
         out.append(
-            {k: v for k, v in record.items() if v is not None and not (isinstance(v, float) and np.isnan(v))}
+            {
+                str(k): v
+                for k, v in record.items()
+                if v is not None and not (isinstance(v, float) and np.isnan(v))
+            }
         )
     return out
 
@@ -230,7 +122,7 @@ def shop_events(shop: Path) -> pd.DataFrame:
 
 
 def run_backend(backend: Backend, prepared: dict[str, Any], args: Any, log: Log) -> dict[str, Any]:
-    """One store's audit run; returns its counts (see `benchmarks/decision_audit.py`)."""
+    """One store's audit run; returns its counts (see `benchmarks.decision_audit`)."""
     from benchmarks.audit_checks import audit
     from serving.settings import ServeSettings
     from serving.store import open_store
@@ -248,7 +140,7 @@ def run_backend(backend: Backend, prepared: dict[str, Any], args: Any, log: Log)
             pa.Table.from_pandas(history, preserve_index=False), work / "history" / "part-0.parquet"
         )
         log(f"[{backend.name}] loading {len(history):,} events of history into {url.split('?')[0]}")
-        with open_store(url, max_events=EAGER["history_len"]) as store:
+        with open_store(url, max_events=int(EAGER["history_len"])) as store:
             ids = history["customer_id"].unique()
             for lo in range(0, len(ids), 2_000):
                 store.append_events(history[history["customer_id"].isin(ids[lo : lo + 2_000])])
@@ -263,7 +155,7 @@ def run_backend(backend: Backend, prepared: dict[str, Any], args: Any, log: Log)
             counts.update(_bursts(ports, sorted(history["customer_id"].unique()), args))
             log(f"[{backend.name}] audience export of every customer at the server's clock")
             subprocess.run(
-                [_journey(), "score-audience", "--events", str(work / "history"), "--out",
+                [journey_command(), "score-audience", "--events", str(work / "history"), "--out",
                  str(work / "audience.parquet"), "--config", str(config), "--no-progress"],
                 check=True,
             )  # fmt: skip
@@ -284,7 +176,9 @@ def run_backend(backend: Backend, prepared: dict[str, Any], args: Any, log: Log)
         # decision is judged on what had arrived when it was made.
         late = day[day["customer_id"].isin(list(posted))].copy()
         late["known_at"] = late["customer_id"].map(posted).astype("datetime64[us, UTC]")
-        truth = pd.concat([history.assign(known_at=pd.NaT), late], ignore_index=True)
+        known = history.copy()
+        known["known_at"] = pd.NaT  # the history was in the store before any decision
+        truth = pd.concat([known, late], ignore_index=True)
         truth["known_at"] = truth["known_at"].astype("datetime64[us, UTC]")
         sends = decisions[decisions["action"] != "no_send"]
         tolerance = float(getattr(settings, "max_clock_skew_s", 0.0))
@@ -334,7 +228,7 @@ def _replay_day(
         out = dict.fromkeys(
             ("ok", "refused", "future_sends", "unsub_sends", "preview_recorded", "recorded"), 0
         )
-        status, body = _call(port, "POST", "/v1/events", {"events": _rows(by_customer[customer])})
+        status, body = call(port, "POST", "/v1/events", {"events": _rows(by_customer[customer])})
         if status != 200:
             raise RuntimeError(f"POST /v1/events for {customer}: {status} {body}")
         arrived[customer] = pd.Timestamp.now(tz="UTC")  # stored by now: later decisions may see them
@@ -355,7 +249,7 @@ def _replay_day(
         if draws[3] < 0.1:
             calls.append(({"customer_id": customer, "record": False}, "preview"))
         for j, (body_in, kind) in enumerate(calls):
-            status, answer = _call(ports[(i + j) % len(ports)], "POST", "/v1/score", body_in)
+            status, answer = call(ports[(i + j) % len(ports)], "POST", "/v1/score", body_in)
             if status != 200:
                 if kind != "future":
                     raise RuntimeError(f"POST /v1/score {body_in}: {status} {answer}")
@@ -391,11 +285,11 @@ def _bursts(ports: list[int], customers: list[str], args: Any) -> dict[str, Any]
     for customer in chosen:
         body = {"customer_id": str(customer)}
 
-        def call(i: int, body: dict[str, str] = body) -> tuple[int, Any]:
-            return _call(ports[i % len(ports)], "POST", "/v1/score", body)
+        def score(i: int, body: dict[str, str] = body) -> tuple[int, Any]:
+            return call(ports[i % len(ports)], "POST", "/v1/score", body)
 
         with ThreadPoolExecutor(max_workers=args.burst_size) as pool:
-            answers = list(pool.map(call, range(args.burst_size)))
+            answers = list(pool.map(score, range(args.burst_size)))
         if any(status != 200 for status, _ in answers):
             raise RuntimeError(f"burst for {customer}: {[s for s, _ in answers]}")
         calls += len(answers)

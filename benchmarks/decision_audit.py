@@ -1,6 +1,6 @@
 """The decision audit: every decision the engine makes on a simulated shop, judged against the rules.
 
-    .venv/bin/python benchmarks/decision_audit.py --customers 20000 --markdown BENCHMARKS.md
+    .venv/bin/python -m benchmarks.decision_audit --customers 20000 --markdown BENCHMARKS.md
 
 On a simulated shop (trained, registered and served like `make demo`, in a scratch MLflow store under
 `--work`), for each online store (SQLite behind one `journey serve`; Redis behind two replicas):
@@ -29,18 +29,28 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._harness import (
+    RESULTS,
+    add_markdown,
+    add_seed,
+    add_work,
+    command_line,
+    make_parser,
+    write_json,
+    write_section,
+)
+from benchmarks.audit_replay import Backend, prepare, run_backend
 
-from benchmarks.audit_replay import Backend, prepare, run_backend  # noqa: E402
-
-START, END = "<!-- decision_audit:start -->", "<!-- decision_audit:end -->"
+SECTION = "decision_audit"
 
 
-def render(args: argparse.Namespace, prepared: dict[str, Any], results: list[dict[str, Any]]) -> str:
+def render(
+    args: argparse.Namespace, prepared: dict[str, Any], results: list[dict[str, Any]], command: str
+) -> str:
     """The BENCHMARKS.md section: the command, what was run, and every count per store."""
     rules = [
         ("sends to opted-out customers", "opted_out"),
@@ -55,7 +65,7 @@ def render(args: argparse.Namespace, prepared: dict[str, Any], results: list[dic
     lines = [
         "## Decision audit",
         "",
-        f"Written by `.venv/bin/python benchmarks/decision_audit.py {' '.join(sys.argv[1:])}` on "
+        f"Written by `{command}` on "
         f"{dt.date.today().isoformat()}: a simulated shop of {prepared['customers']:,} customers, model "
         f"`journey-scorer` version {prepared['version']} ({prepared['model_note']}), the eager policy of the "
         "module docstring (any eligible message beats sending nothing), default rules of "
@@ -99,26 +109,25 @@ def render(args: argparse.Namespace, prepared: dict[str, Any], results: list[dic
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "journey-audit")
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(__doc__)
+    add_work(parser, Path(tempfile.gettempdir()) / "journey-audit")
     parser.add_argument("--customers", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
+    add_seed(parser)
     parser.add_argument("--train-rows", type=int, default=20_000)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--day-customers", type=int, default=2_000, help="customers replayed in real time")
     parser.add_argument("--burst-customers", type=int, default=20)
     parser.add_argument("--burst-size", type=int, default=50)
     parser.add_argument("--backends", nargs="+", default=["sqlite", "redis"], choices=["sqlite", "redis"])
-    parser.add_argument("--markdown", type=Path, default=None)
+    add_markdown(parser)
     args = parser.parse_args(argv)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     args.work.mkdir(parents=True, exist_ok=True)
     prepared = prepare(args.work, args.customers, args.seed, args.train_rows, args.epochs, log=print)
-    results = []
+    results: list[dict[str, Any]] = []
     for name in args.backends:
         backend = Backend(name=name, replicas=1 if name == "sqlite" else 2)
         counts = run_backend(backend, prepared, args, log=print)
@@ -129,16 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             }
         )
         print(json.dumps(counts, indent=2, default=str), flush=True)
-    section = render(args, prepared, results)
+    section = render(args, prepared, results, command_line("decision_audit", argv))
     print(section)
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "decision_audit.json").write_text(
-        json.dumps({"prepared": prepared, "results": results}, indent=2, default=str) + "\n"
-    )
+    write_json(RESULTS / "decision_audit.json", {"prepared": prepared, "results": results})
     if args.markdown:
-        from benchmarks.sections import update_section
-
-        update_section(args.markdown, f"{START}\n{section}\n{END}", START, END)
+        write_section(args.markdown, SECTION, section)
     return 0 if all(r["counts"]["unsafe"] == 0 for r in results) else 1
 
 

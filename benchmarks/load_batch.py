@@ -13,9 +13,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks._harness import prioritised
 from benchmarks.load_inprocess import rate_of
 from benchmarks.load_protocol import N_ITEMS_ANSWERED
-from benchmarks.load_servers import failure_line, post_json, prioritised
+from benchmarks.load_servers import failure_line, post_json
 
 _SCORED = re.compile(r"([\d,]+) customers scored in ([\d.]+) s")
 

@@ -10,7 +10,6 @@ import math
 import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -18,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load_servers import (
+from benchmarks._harness import (
+    REPO,
     busy_cpu_seconds,
-    check_alive,
+    module_command,
     prioritised,
     tree_cpu_seconds,
     wait_for_quiet,
-    wait_idle,
 )
+from benchmarks.load_servers import check_alive, wait_idle
 
-GENERATOR = Path(__file__).resolve().with_name("load_generator.py")
 MAX_LAG_MS = 50.0
 
 
@@ -157,7 +156,11 @@ def run_load(
 ) -> dict[str, Any]:
     """One open-loop run in a fresh generator process; its summary with the CPU the processes used."""
     drained_s = wait_idle(server_pid)
-    load_before = wait_for_quiet(plan.quiet_wait_s, plan.quiet_threshold) if plan.quiet_wait_s > 0 else None
+    load_before = (
+        wait_for_quiet(plan.quiet_wait_s, plan.quiet_threshold, pause_s=2.0)["load_before"]
+        if plan.quiet_wait_s > 0
+        else None
+    )
     spec = {
         "url": url,
         "bodies": bodies,
@@ -174,7 +177,8 @@ def run_load(
         busy0, server0, wall0 = busy_cpu_seconds(), tree_cpu_seconds(server_pid), time.monotonic()
         self0 = time.process_time()
         done = subprocess.run(
-            [sys.executable, str(GENERATOR), str(spec_path), str(out_path)],
+            module_command("load_generator", str(spec_path), str(out_path)),
+            cwd=REPO,
             capture_output=True,
             text=True,
             check=False,

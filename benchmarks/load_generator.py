@@ -1,7 +1,7 @@
 """The open-loop load generator: a separate, light process (standard library and aiohttp only, one asyncio
 loop, keep-alive connections) that sends requests on a fixed schedule whatever the answers.
 
-    python benchmarks/load_generator.py SPEC.json OUT.json
+    python -m benchmarks.load_generator SPEC.json OUT.json
 
 SPEC holds the url, the bodies (cycled), the rate, the warm-up and measured seconds, the timeout, the
 headers and the method; OUT receives the measured window's (scheduled, started, finished, status) records,
@@ -86,5 +86,5 @@ def generate(spec_path: Path, out_path: Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        raise SystemExit("usage: load_generator.py SPEC.json OUT.json")
+        raise SystemExit("usage: python -m benchmarks.load_generator SPEC.json OUT.json")
     generate(Path(sys.argv[1]), Path(sys.argv[2]))

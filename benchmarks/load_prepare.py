@@ -71,8 +71,9 @@ def prepare(work: Path, plan: ShopPlan, log: Callable[[str], None]) -> dict[str,
     import numpy as np
     import torch
 
-    from features.build import BuildConfig, build_features
-    from features.simulate import SimConfig, simulate
+    from features.build import build_features
+    from features.sim import SimConfig, simulate
+    from features.snapshots import BuildConfig
     from predictor.registry import CHAMPION, MODEL_NAME, configure
     from serving.store import open_store
     from training.data import FeatureBuild

@@ -26,8 +26,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from benchmarks._harness import REPO
 from benchmarks.load_inprocess import InProcess, close_service
-from benchmarks.load_protocol import ROOT
 
 OTHER = "Python (standard library, builtins)"
 WAITING = "waiting (locks, sleep: another thread's work, or idle)"
@@ -36,7 +36,15 @@ WAITING = "waiting (locks, sleep: another thread's work, or idle)"
 AREAS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "request validation (pydantic, schemas, event validator)",
-        ("pydantic/", "pydantic_core/", "annotated_types/", "serving/schemas", "features/validate"),
+        (
+            "pydantic/",
+            "pydantic_core/",
+            "annotated_types/",
+            "serving/schemas",
+            "features/validate",
+            "features/parsing",
+            "features/rejects",
+        ),
     ),
     ("JSON", ("json/", "orjson/", "ujson")),
     ("the store (serving.store, sqlite3, redis)", ("serving/store", "sqlite3/", "redis/")),
@@ -70,7 +78,7 @@ _PROJECT = ("serving", "features", "predictor", "training", "journey", "benchmar
 _STDLIB = re.compile(r"/python3\.\d+/(?:lib-dynload/)?")
 
 
-def module_path(filename: str, root: Path = ROOT) -> str:
+def module_path(filename: str, root: Path = REPO) -> str:
     """A profiled function's file as a module path: relative to site-packages, to the repository or to
     the standard library's folder (`pandas/core/frame.py`, `serving/service.py`, `json/decoder.py`);
     `~` (C functions) and `<frozen ...>` as they are."""
@@ -107,7 +115,7 @@ def area_of(path: str, func: str) -> str | None:
     return OTHER
 
 
-def group_by_area(stats: Mapping[tuple[str, int, str], Any], root: Path = ROOT) -> dict[str, float]:
+def group_by_area(stats: Mapping[tuple[str, int, str], Any], root: Path = REPO) -> dict[str, float]:
     """Own seconds per area of a cProfile run (`pstats.Stats.stats`: (file, line, name) -> (calls,
     primitive calls, own s, cumulative s, callers)); the areas sum to the profile's total own time."""
     areas: dict[str, float] = {}
@@ -132,7 +140,7 @@ def group_by_area(stats: Mapping[tuple[str, int, str], Any], root: Path = ROOT) 
 
 
 def profile_summary(
-    stats: Mapping[tuple[str, int, str], Any], calls: int, wall_s: float, top: int, root: Path = ROOT
+    stats: Mapping[tuple[str, int, str], Any], calls: int, wall_s: float, top: int, root: Path = REPO
 ) -> dict[str, Any]:
     """Of a profile of `calls` calls that took `wall_s` seconds under the profiler: own milliseconds per
     call and share of each area (largest first; waiting apart, outside the shares), and the top

@@ -1,4 +1,4 @@
-"""The fixed figures of the load benchmark (`benchmarks/serving_load.py`): its targets, the shape of every
+"""The fixed figures of the load benchmark (`benchmarks.serving_load`): its targets, the shape of every
 request, and the names of its sweeps; plus the parsing of its list options. No side effects, no imports
 beyond the standard library, so every other `load_*` module and the tests can import it.
 """
@@ -6,10 +6,7 @@ beyond the standard library, so every other `load_*` module and the tests can im
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TypeVar
-
-ROOT = Path(__file__).resolve().parents[1]
 
 START = "<!-- serving_load:start -->"
 END = "<!-- serving_load:end -->"

@@ -1,6 +1,6 @@
 """The servers under load: the command lines of `journey serve` and `mlflow models serve`, starting and
-stopping them (each in its own session), whether `journey serve` takes `--workers`, and the CPU the
-processes use (a server's whole process tree, every other process on the machine).
+stopping them (each in its own session), whether `journey serve` takes `--workers`, and waiting until a
+server's processes are idle (their CPU: `benchmarks._harness`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
+from benchmarks._harness import prioritised, tree_cpu_seconds
 from benchmarks.load_protocol import API_KEY, HOST
 
 # The requests replay the simulated shop at its own (past) times: a benchmark's clock, not a client's.
@@ -133,21 +134,6 @@ def post_json(url: str, body: bytes, timeout: float = 120.0) -> tuple[int, bytes
         return int(err.code), err.read()
 
 
-def prioritised(nice: int) -> Callable[[], None] | None:
-    """What a child runs before it starts (after `start_new_session` made it its own session): niceness
-    `nice` for it and its session's autogroup (Linux shares the CPU between sessions first, so plain
-    `nice` is not enough against other sessions' work). None when `nice` is 0."""
-    if not nice:
-        return None
-
-    def run() -> None:
-        os.nice(nice)
-        with contextlib.suppress(OSError), open("/proc/self/autogroup", "w") as fh:
-            fh.write(str(nice))
-
-    return run
-
-
 @contextlib.contextmanager
 def running(
     command: list[str],
@@ -196,44 +182,6 @@ def running(
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-
-
-def busy_cpu_seconds() -> float:
-    """CPU seconds all processes of the machine have used since boot (idle and I/O wait left out)."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    """User and system CPU seconds of a process and its live descendants (a server and its workers)."""
-    import psutil
-
-    total = 0.0
-    try:
-        root = psutil.Process(pid)
-        members = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    for p in members:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            t = p.cpu_times()
-            total += t.user + t.system
-    return total
-
-
-def wait_for_quiet(max_wait_s: float, threshold: float) -> float:
-    """Waits (up to `max_wait_s`) until the machine's CPU is less busy than `threshold` (share of all
-    cores, measured over a second, the server idle); returns the last share seen."""
-    import psutil
-
-    started = time.monotonic()
-    load = psutil.cpu_percent(interval=1.0) / 100
-    while load > threshold and time.monotonic() - started < max_wait_s:
-        time.sleep(2.0)
-        load = psutil.cpu_percent(interval=1.0) / 100
-    return round(load, 3)
 
 
 def wait_idle(pid: int, max_wait_s: float = 180.0, below_cores: float = 0.05) -> float:

@@ -1,4 +1,4 @@
-"""The steps of one load-benchmark run (`benchmarks/serving_load.py`), each filling its part of the
+"""The steps of one load-benchmark run (`benchmarks.serving_load`), each filling its part of the
 results: the in-process measurements, the audience export, one `journey serve` per worker count (both
 paths' sweeps, the framework alone, batch) and `mlflow models serve`. A step that cannot run (a server
 that does not start, an option the CLI lacks) records why in `not_run` and `notes` instead of failing.
@@ -16,6 +16,9 @@ from typing import Any
 from benchmarks.load_client import LoadPlan
 from benchmarks.load_prepare import Bodies
 from benchmarks.load_protocol import API_KEY, HOST, JOURNEY, MLFLOW, TARGET_RATE, sweep_name, threads_for
+
+# The libraries on the hot path, whose versions the results record (`benchmarks._harness.machine_info`).
+HOT_PATH = ("torch", "mlflow", "pandas", "numpy", "fastapi", "uvicorn", "aiohttp", "pydantic")
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,7 @@ def mlflow_run(
     """`mlflow models serve` on the same model (one worker, the one-worker threads), the inline events."""
     from benchmarks.load_client import sweep
     from benchmarks.load_servers import free_port, mlflow_env, mlflow_serve_command, post_json, running
+    from predictor.registry import CHAMPION, MODEL_NAME, model_uri
 
     name = sweep_name(MLFLOW, "inline")
     threads = threads_for(1, ctx.cores, args.torch_threads)
@@ -111,7 +115,7 @@ def mlflow_run(
         return
     port = free_port()
     base = f"http://{HOST}:{port}"
-    command = mlflow_serve_command(ctx.bin_dir, port, "models:/journey-scorer@champion")
+    command = mlflow_serve_command(ctx.bin_dir, port, model_uri(MODEL_NAME, alias=CHAMPION))
     server_log = args.work / "mlflow-serve.log"
     log("starting mlflow models serve")
     try:
@@ -219,35 +223,3 @@ def audience(
     except (RuntimeError, ValueError) as err:
         results["not_run"]["audience"] = str(err).splitlines()[0]
         results["notes"].append(f"`journey score-audience`: {err}")
-
-
-def machine_info() -> dict[str, Any]:
-    """The processor, cores, memory, Python and the versions of the libraries on the hot path."""
-    import contextlib
-    import importlib.metadata
-    import platform
-
-    import psutil
-
-    processor = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                processor = line.split(":", 1)[1].strip()
-                break
-
-    def version(name: str) -> str:
-        try:
-            return importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            return "absent"
-
-    names = ("torch", "mlflow", "pandas", "numpy", "fastapi", "uvicorn", "aiohttp", "pydantic")
-    return {
-        "platform": platform.platform(),
-        "processor": processor,
-        "cpu_count_logical": psutil.cpu_count(logical=True),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-        "versions": {n: version(n) for n in names},
-    }

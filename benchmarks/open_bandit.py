@@ -21,7 +21,7 @@ Protocol, per campaign (all, men, women):
   obp reports it, averaged over the resamples.
 
 Usage:
-    .venv/bin/python benchmarks/open_bandit.py [DATA_DIR] [--markdown BENCHMARKS.md]
+    .venv/bin/python -m benchmarks.open_bandit [DATA_DIR] [--markdown BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -38,18 +38,13 @@ import pandas as pd
 import scipy.sparse as sp
 from sklearn.linear_model import LogisticRegression
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # run as a script: make the project's packages importable
-    sys.path.insert(0, str(REPO))
-
-from benchmarks.sections import update_section  # noqa: E402
-from stats import Interval, bootstrap_ci, bootstrap_distribution  # noqa: E402
-from training.ope import LoggedBandit, effective_sample_size, estimator_terms, importance_weights  # noqa: E402
+from benchmarks._harness import REPO, add_markdown, add_seed, make_parser, markers, update_section
+from stats import Interval, bootstrap_ci, bootstrap_distribution
+from training.ope import LoggedBandit, effective_sample_size, estimator_terms, importance_weights
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "open_bandit_sample"
 CAMPAIGNS: tuple[str, ...] = ("all", "men", "women")
-MARKER_START = "<!-- open_bandit:start -->"
-MARKER_END = "<!-- open_bandit:end -->"
+MARKER_START, MARKER_END = markers("open_bandit")
 # obp's example on this sample (campaign all): relative estimation error of each estimator.
 OBP_REFERENCE: dict[str, float] = {"DM": 0.218, "IPW": 1.159, "DR": 0.993}
 LABELS: dict[str, str] = {
@@ -268,12 +263,12 @@ def update_markdown(path: Path, section: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="Off-policy estimators against the Open Bandit Dataset sample.")
+    p = make_parser(__doc__, summary=True)
     p.add_argument("data", type=Path, nargs="?", default=DEFAULT_DATA, help="the open_bandit_sample folder")
     p.add_argument("--campaigns", nargs="+", choices=CAMPAIGNS, default=list(CAMPAIGNS))
     p.add_argument("--n-boot", type=int, default=1_000, help="bootstrap resamples")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--markdown", type=Path, help="write the table into this file between the markers")
+    add_seed(p)
+    add_markdown(p)
     return p
 
 

@@ -2,7 +2,7 @@
 and the softmax normaliser (logsumexp over the catalogue) that the model reports each top item's
 probability with.
 
-    .venv/bin/python benchmarks/ranking.py --markdown BENCHMARKS.md
+    .venv/bin/python -m benchmarks.ranking --markdown BENCHMARKS.md
 
 Why: every `/v1/score` ranks the whole catalogue. The model (`JourneyModel.forward`) computes one row of
 scores per customer, `torch.addmm(bias, item_query(state), item_emb.T)`, then adds the repeat head's scores
@@ -36,9 +36,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
-import shlex
 import statistics
 import sys
 import time
@@ -50,9 +47,19 @@ from typing import Any
 import numpy as np
 import torch
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script: the project importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
+from benchmarks import _harness
+from benchmarks._harness import (
+    RESULTS,
+    add_from_json,
+    add_markdown,
+    add_repeats,
+    add_seed,
+    command_line,
+    load_average,
+    make_parser,
+    update_section,
+    write_json,
+)
 from benchmarks.ranking_methods import (
     ATOL,
     BASELINE,
@@ -69,7 +76,6 @@ from benchmarks.ranking_methods import (
     NORM_RTOL,
     PAD_ROWS,
     REPEATS,
-    REPO,
     START,
     Method,
     Table,
@@ -81,7 +87,6 @@ from benchmarks.ranking_methods import (
     recommend,
 )
 from benchmarks.ranking_report import render_markdown
-from benchmarks.sections import update_section
 
 # ---------------------------------------------------------------------------------------------------------
 # Measuring
@@ -280,19 +285,12 @@ def measure_padding(
 
 
 def machine_info() -> dict[str, Any]:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    """The harness's machine, under the keys the section reads, with torch's BLAS and threads."""
+    machine = _harness.machine_info(("torch", "numpy"))
     return {
-        "cpu": model,
-        "cores": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
+        **machine,
+        "cpu": machine["processor"],
+        "cores": machine["cpu_count_logical"],
         "torch": torch.__version__,
         "numpy": np.__version__,
         "torch_blas": "MKL" if torch.backends.mkl.is_available() else "other",
@@ -300,7 +298,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from threadpoolctl import threadpool_limits
 
     torch.set_num_threads(1)
@@ -310,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if methods[0].key != BASELINE:
         raise SystemExit(f"the baseline method {BASELINE!r} must be measured")
     started = time.monotonic()
-    load_before = os.getloadavg()
+    load_before = load_average()
     with threadpool_limits(1), torch.inference_mode():
         table = make_table(args.n_items, args.dim, args.seed)
         rows = measure_methods(table, methods, args.batches, args.ks, args.repeats, args.seed, atol=args.atol)
@@ -320,9 +318,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     mode = "topk+norm"
     return {
         "date": dt.date.today().isoformat(),
-        "command": " ".join(["benchmarks/ranking.py", *map(shlex.quote, sys.argv[1:])]),
+        "command": command,
         "machine": machine_info(),
-        "load_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+        "load_before_after": [round(load_before, 2), round(load_average(), 2)],
         "seconds": round(time.monotonic() - started, 1),
         "settings": {
             "n_items": args.n_items,
@@ -351,34 +349,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = make_parser(__doc__, summary=True)
     p.add_argument("--n-items", type=int, default=N_ITEMS)
     p.add_argument("--dim", type=int, default=DIM)
     p.add_argument("--batches", type=int, nargs="+", default=list(BATCHES))
     p.add_argument("--ks", type=int, nargs="+", default=list(KS))
-    p.add_argument("--repeats", type=int, default=REPEATS)
-    p.add_argument("--seed", type=int, default=0)
+    add_repeats(p, REPEATS)
+    add_seed(p)
     p.add_argument("--atol", type=float, default=ATOL)
     p.add_argument("--methods", nargs="+", choices=[m.key for m in METHODS], help="default: all")
-    p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "ranking.json")
-    p.add_argument("--from-json", type=Path, help="render this earlier run's JSON instead of measuring")
-    p.add_argument("--markdown", type=Path, help="write the section into this file, between its markers")
+    p.add_argument("--out", type=Path, default=RESULTS / "ranking.json")
+    add_from_json(p)
+    add_markdown(p)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     if args.from_json:
         results = json.loads(args.from_json.read_text())
     else:
         if args.repeats < 30:
             print(f"note: {args.repeats} repeats (the reported figures use at least 30)", file=sys.stderr)
-        results = run(args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        results = run(args, command_line("ranking", argv))
+        write_json(args.out, results)
     section = render_markdown(results)
     print(section)
     if args.markdown:

@@ -1,4 +1,4 @@
-"""The catalogue-ranking problem of `benchmarks/ranking.py`: the table, the exact methods compared, the
+"""The catalogue-ranking problem of `benchmarks.ranking`: the table, the exact methods compared, the
 exactness check and the recommendation derived from the measurements."""
 
 from __future__ import annotations
@@ -6,17 +6,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks._harness import markers
 
-
-START = "<!-- ranking:start -->"
-END = "<!-- ranking:end -->"
+START, END = markers("ranking")
 N_ITEMS = 100_000
 DIM = 64
 BATCHES = (1, 8, 32, 64)

@@ -1,10 +1,11 @@
-"""The Markdown section of `benchmarks/ranking.py`, rendered from its results."""
+"""The Markdown section of `benchmarks.ranking`, rendered from its results."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
+from benchmarks._harness import PYTHON
 from benchmarks.ranking_methods import END, START
 
 # ---------------------------------------------------------------------------------------------------------
@@ -40,11 +41,13 @@ def render_markdown(results: dict[str, Any]) -> str:
     configs = sorted({(r["B"], r["k"]) for r in rows})
     head = " | ".join(f"B={b}, k={k}" for b, k in configs)
     on_core = sum(r["cpu_total_ms"] for r in rows) / sum(r["wall_total_ms"] for r in rows)
+    command = results["command"]  # runs before `python -m benchmarks.ranking` recorded the script alone
+    command = command if command.startswith(PYTHON) else f"{PYTHON} {command}"
     lines = [
         START,
         "## Catalogue ranking (top k of `Q @ E.T + b` over the item table)",
         "",
-        f"Written by `.venv/bin/python {results['command']}` on {results['date']}: {m['cpu']}, "
+        f"Written by `{command}` on {results['date']}: {m['cpu']}, "
         f"{m['cores']} cores, torch {m['torch']} ({m['torch_blas']}), numpy {m['numpy']}, one torch and one "
         f"BLAS thread; load average {results['load_before_after'][0]} before, "
         f"{results['load_before_after'][1]} after (the machine is shared: the measured thread was on a core "

@@ -1,9 +1,9 @@
 """Variants of the sequence model's repeat head on the simulated shop, alone (no baselines), one seed.
 
-    .venv/bin/python benchmarks/repeat_ablation.py --features /tmp/journey-sim-bench/features \
+    .venv/bin/python -m benchmarks.repeat_ablation --features /tmp/journey-sim-bench/features \
         --variants base prior scale8 [--train-rows 30000 --epochs 3]
 
-`--features` is a features build of `benchmarks/simulated.py` (its `--work`/features). Variants:
+`--features` is a features build of `benchmarks.simulated` (its `--work`/features). Variants:
 `base` (the shipped model), `prior` (repeat weights initialised like the own-history baseline),
 `scale8` (twice the repeat scale). Prints one JSON line per variant: fit seconds and the test metrics.
 Exploratory: no intervals, one seed; it says what was tried, not what wins.
@@ -11,18 +11,15 @@ Exploratory: no intervals, one seed; it says what was tried, not what wins.
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from training.data import FeatureBuild  # noqa: E402
-from training.evaluate import evaluate  # noqa: E402
-from training.sequence import FitConfig, SequenceScorer, model_config_for  # noqa: E402
+from benchmarks._harness import make_parser
+from training.data import FeatureBuild
+from training.evaluate import evaluate
+from training.sequence import FitConfig, SequenceScorer, model_config_for
 
 VARIANTS: dict[str, dict[str, object]] = {
     "base": {},
@@ -33,15 +30,13 @@ KEYS = ("rec/recall_at_10", "rec/ndcg_at_10", "rec/repeat/recall_at_10", "rec/ex
         "stage/macro_f1", "purchase_7d/roc_auc")  # fmt: skip
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = make_parser(__doc__)
     parser.add_argument("--features", type=Path, required=True)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--train-rows", type=int, default=30_000)
     parser.add_argument("--epochs", type=int, default=3)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     build = FeatureBuild.open(args.features)
     train, valid, test = build.split("train"), build.split("valid"), build.split("test")
     for name in args.variants:

@@ -1,7 +1,7 @@
 """`journey serve` under open-loop load at fixed request rates, with 1 and 2 workers, beside the model's
 floor, batch scoring, the audience export and MLflow's own server, against the targets of issue 11.
 
-    .venv/bin/python benchmarks/serving_load.py --work /tmp/journey-serving-load --markdown BENCHMARKS.md
+    .venv/bin/python -m benchmarks.serving_load --work /tmp/journey-serving-load --markdown BENCHMARKS.md
 
 What it does, in one run:
 
@@ -44,16 +44,28 @@ import argparse
 import datetime as dt
 import json
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks.load_protocol import (  # noqa: E402
+from benchmarks._harness import (
+    RESULTS,
+    add_from_json,
+    add_markdown,
+    add_nice,
+    add_quiet_wait,
+    add_repeats,
+    add_seed,
+    add_work,
+    command_line,
+    machine_info,
+    make_parser,
+    prioritised,
+    update_section,
+    write_json,
+)
+from benchmarks.load_protocol import (
     API_KEY,
     END,
     START,
@@ -71,7 +83,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     from benchmarks import load_steps
     from benchmarks.load_client import LoadPlan
     from benchmarks.load_prepare import ShopPlan, prepare, request_bodies, tracking_uri
-    from benchmarks.load_servers import has_option, prioritised, serve_help, usable_cores
+    from benchmarks.load_servers import has_option, serve_help, usable_cores
 
     started = time.perf_counter()
 
@@ -103,7 +115,7 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     results: dict[str, Any] = {
         "command": command,
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": load_steps.machine_info(),
+        "machine": machine_info(load_steps.HOT_PATH),
         "prepared": prepared,
         "now": prepared["now"],
         "workers": args.workers,
@@ -136,13 +148,13 @@ def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = make_parser(__doc__)
     add = p.add_argument
-    add("--work", type=Path, default=Path("/tmp/journey-serving-load"), help="cache and scratch")
+    add_work(p, Path("/tmp/journey-serving-load"), "cache and scratch")
     add("--customers", type=int, default=20_000, help="customers of the simulated shop")
     add("--items", type=int, default=100_000, help="items of the shop's catalogue")
     add("--days", type=int, default=182)
-    add("--seed", type=int, default=0)
+    add_seed(p)
     add("--epochs", type=int, default=2)
     add("--train-rows", type=int, default=8_000, help="training rows sampled (0: all)")
     add("--valid-rows", type=int, default=2_000, help="validation rows sampled")
@@ -156,21 +168,14 @@ def parser() -> argparse.ArgumentParser:
     )
     add("--duration", type=float, default=10.0, help="measured seconds per rate")
     add("--warmup", type=float, default=2.0, help="seconds at the rate before measuring")
-    add("--repeats", type=int, default=1)
+    add_repeats(p, 1)
     add("--timeout", type=float, default=5.0, help="a request unanswered this long is an error")
-    add(
-        "--quiet-wait",
-        type=float,
-        default=20.0,
-        help="before each run, wait up to this many seconds for other processes to leave the CPU idle",
-    )
+    add_quiet_wait(p, 20.0)
     add("--quiet-threshold", type=float, default=0.15, help="busy share counted as idle")
     add("--no-stop", action="store_true", help="run every rate even after one was not held")
-    add(
-        "--nice",
-        type=int,
-        default=0,
-        help="run the servers, the generator and the in-process measurements at this niceness, each "
+    add_nice(
+        p,
+        "run the servers, the generator and the in-process measurements at this niceness, each "
         "in its own session (negative values need root; keeps other sessions' work from taking the "
         "cores mid-run on a shared machine)",
     )
@@ -185,9 +190,9 @@ def parser() -> argparse.ArgumentParser:
     add("--audience-chunk", type=int, default=5_000, help="journey score-audience --chunk")
     add("--skip-mlflow", action="store_true")
     add("--prepare-only", action="store_true", help="build the cached artefacts and stop")
-    add("--json", type=Path, default=ROOT / "benchmarks" / "results" / "serving_load.json")
-    add("--markdown", type=Path, default=None, help="also write the section into this file")
-    add("--from-json", type=Path, default=None, help="render an earlier run's JSON, no measuring")
+    add("--json", type=Path, default=RESULTS / "serving_load.json")
+    add_markdown(p)
+    add_from_json(p)
     add(
         "--baseline", type=Path, default=None, help="an earlier run's JSON, shown as 'before' beside this run"
     )
@@ -221,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         generate(*args.generate)
         return 0
-    command = shlex.join([".venv/bin/python", "benchmarks/serving_load.py", *argv])
+    command = command_line("serving_load", argv)
     results = json.loads(args.from_json.read_text()) if args.from_json else run(args, command)
     if args.baseline:
         before = json.loads(args.baseline.read_text())
@@ -236,13 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.from_json:
         args.from_json.with_suffix(".md").write_text(section)
     else:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        write_json(args.json, results)
         args.json.with_suffix(".md").write_text(section)
     print(section)
     if args.markdown:
-        from benchmarks.sections import update_section
-
         update_section(args.markdown, section, START, END)
     return 0
 

@@ -1,6 +1,6 @@
 """Every head of the model beside every baseline on a simulated shop, against the simulator's truth.
 
-    .venv/bin/python benchmarks/simulated.py --customers 20000 --markdown BENCHMARKS.md
+    .venv/bin/python -m benchmarks.simulated --customers 20000 --markdown BENCHMARKS.md
 
 Simulates a shop (seeded), builds its features, then runs `journey train` once (the sequence model and all
 baselines, evaluated by the same code on the test window, with the true latent stages and the true value
@@ -17,10 +17,18 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks._harness import (
+    RESULTS,
+    add_markdown,
+    add_seed,
+    add_work,
+    command_line,
+    make_parser,
+    write_section,
+)
 
 HEADLINE = (
     "stage/macro_f1",
@@ -47,13 +55,12 @@ HEADLINE = (
 )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(__doc__)
     parser.add_argument("--customers", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/journey-sim-bench"))
+    add_seed(parser)
+    add_work(parser, Path("/tmp/journey-sim-bench"))
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--train-rows", type=int, default=0, help="0: every training row")
     parser.add_argument(
@@ -65,14 +72,17 @@ def main() -> None:
         help="only the encoder comparison (its own BENCHMARKS section)",
     )
     parser.add_argument("--n-boot", type=int, default=300)
-    parser.add_argument("--markdown", type=Path, default=None)
-    args = parser.parse_args()
+    add_markdown(parser)
+    args = parser.parse_args(argv)
+    args.command = command_line("simulated", argv)
 
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{args.work / 'mlflow' / 'mlflow.db'}")
-    from features.build import BuildConfig, build_features
-    from features.simulate import SimConfig, simulate
+    from features.build import build_features
+    from features.sim import SimConfig, simulate
+    from features.snapshots import BuildConfig
     from predictor.model import ModelConfig
-    from training.train import TrainConfig, train
+    from training.config import TrainConfig
+    from training.train import train
 
     shop, features = args.work / "shop", args.work / "features"
     if not (shop / "simulation.json").exists():
@@ -101,7 +111,7 @@ def main() -> None:
     config = TrainConfig(features=str(features), shop=str(shop), fit=fit, n_boot=args.n_boot, register=False,
                          experiment="simulated")  # fmt: skip
     result = train(config, progress=False)
-    from training.evaluate import markdown_table, results_table
+    from training.results import markdown_table, results_table
 
     table = markdown_table(
         results_table(result.results, [m for m in HEADLINE if m in result.results[0].metrics])
@@ -111,7 +121,7 @@ def main() -> None:
     lines = [
         "## Simulated shop: every head against the truth",
         "",
-        f"Written by `{' '.join(['.venv/bin/python', 'benchmarks/simulated.py', *sys.argv[1:]])}` on "
+        f"Written by `{args.command}` on "
         f"{dt.date.today().isoformat()}: {args.customers:,} simulated customers (seed {args.seed}), "
         f"{manifest['input']['n_events']:,} events; rows train {manifest['rows']['train']:,}, "
         f"valid {manifest['rows']['valid']:,}, test {manifest['rows']['test']:,}. One `journey train` run "
@@ -145,8 +155,8 @@ def main() -> None:
             lines.append("| " + " | ".join(cells) + " |")
     section = "\n".join(lines)
     print(section)
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "simulated.md").write_text(section + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "simulated.md").write_text(section + "\n")
     if args.markdown:
         write_section(args.markdown, "simulated", section)
 
@@ -167,7 +177,7 @@ TASKS: tuple[tuple[str, str], ...] = (
 def verdicts(results: list, n_boot: int) -> list[str]:
     """One line per task: the sequence model against the best baseline, with a paired bootstrap interval
     of the difference on the same test rows where the metric has row-level data."""
-    from training.evaluate import compare
+    from training.results import compare
 
     by_name = {r.name: r for r in results}
     seq = by_name.get("sequence")
@@ -221,7 +231,7 @@ def write_encoders(rows: list[dict], args: argparse.Namespace, features: Path) -
     lines = [
         "## Simulated shop: transformer or GRU encoder",
         "",
-        f"Written by `{' '.join(['.venv/bin/python', 'benchmarks/simulated.py', *sys.argv[1:]])}` on "
+        f"Written by `{args.command}` on "
         f"{dt.date.today().isoformat()}: {args.customers:,} simulated customers (seed {args.seed}), "
         f"{manifest['rows']['train']:,} training rows of which {args.train_rows or 'all'} are used, "
         f"{args.epochs} epochs at most (patience 2), the same data, seed and budget for each encoder; the "
@@ -238,18 +248,10 @@ def write_encoders(rows: list[dict], args: argparse.Namespace, features: Path) -
         lines += ["", f"Faster to train: `{faster['encoder']}` ({low:.0f} s vs {high:.0f} s)."]
     section = "\n".join(lines)
     print(section)
-    (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
-    (ROOT / "benchmarks" / "results" / "simulated_encoders.md").write_text(section + "\n")
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "simulated_encoders.md").write_text(section + "\n")
     if args.markdown:
         write_section(args.markdown, "simulated_encoders", section)
-
-
-def write_section(path: Path, name: str, body: str) -> None:
-    """Replaces (or appends) the text between `<!-- name:start -->` and `<!-- name:end -->`."""
-    from benchmarks.sections import update_section
-
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    update_section(path, f"{start}\n{body}\n{end}", start, end)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """The hindsight stage labels against the simulator's latent stage, and the models trained on them.
 
-    .venv/bin/python benchmarks/stage_labels.py --customers 20000 --markdown BENCHMARKS.md
+    .venv/bin/python -m benchmarks.stage_labels --customers 20000 --markdown BENCHMARKS.md
 
-Simulates a shop (seeded; `features.simulate` writes the latent stage of every customer-day), builds its
+Simulates a shop (seeded; `features.sim` writes the latent stage of every customer-day), builds its
 features with the stage rules of `features/labels.py` (weekly cutoffs), and reports how often the label of a
 customer-cutoff agrees with the latent stage at the start of the cutoff's day (lapsed -> at_risk), with the
 full confusion matrix. Then it fits the sequence model (`training.sequence.SequenceScorer`) and the
@@ -22,6 +22,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,12 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from features.schema import STAGES  # noqa: E402
-from features.simulate import LATENT_STAGES, LATENT_TO_STAGE  # noqa: E402
+from benchmarks._harness import add_markdown, add_seed, add_work, command_line, make_parser, write_section
+from features.schema import STAGES
+from features.sim import LATENT_STAGES, LATENT_TO_STAGE
 
 SECTION = "stage_labels"
 # Targets of the issue ("Decisions a marketer can trust", part 1).
@@ -119,8 +117,9 @@ def label_agreement(shop: Path, features: Path) -> LabelAgreement:
 
 def ensure_data(work: Path, customers: int, seed: int) -> tuple[Path, Path]:
     """The simulated shop (cached) and its features, rebuilt when the label settings changed."""
-    from features.build import BuildConfig, build_features
-    from features.simulate import SimConfig, simulate
+    from features.build import build_features
+    from features.sim import SimConfig, simulate
+    from features.snapshots import BuildConfig
 
     shop, features = work / "shop", work / "features"
     summary = shop / "simulation.json"
@@ -155,11 +154,12 @@ def fit_and_score(
 ) -> Fitted:
     """Fits the sequence model and LightGBM on the training window, scores both on the test window."""
     from training.baselines import all_baselines
+    from training.config import TrainConfig
     from training.data import FeatureBuild
     from training.evaluate import load_sim_truth
     from training.metrics import macro_f1
     from training.sequence import SequenceScorer, model_config_for
-    from training.train import TrainConfig, evaluate_scorers
+    from training.train import evaluate_scorers
 
     config = TrainConfig(features=str(features), shop=str(shop), model=model, fit=fit, ks=(10,),
                          n_boot=args.n_boot, register=False)  # fmt: skip
@@ -212,13 +212,12 @@ def agreement_lines(report: LabelAgreement) -> list[str]:
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser(__doc__)
     parser.add_argument("--customers", type=int, default=20_000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/journey-stage-labels"))
+    add_seed(parser)
+    add_work(parser, Path("/tmp/journey-stage-labels"))
     parser.add_argument("--labels-only", action="store_true", help="the label agreement alone, no training")
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--patience", type=int, default=2)
@@ -235,8 +234,8 @@ def main() -> None:
     parser.add_argument("--encoder", default=None, help="gru or transformer (default: the model's)")
     parser.add_argument("--n-boot", type=int, default=300)
     parser.add_argument("--threads", type=int, default=0, help="torch and LightGBM threads (0: all cores)")
-    parser.add_argument("--markdown", type=Path, default=None)
-    args = parser.parse_args()
+    add_markdown(parser)
+    args = parser.parse_args(argv)
     if args.threads:
         import torch
 
@@ -250,7 +249,7 @@ def main() -> None:
     manifest = json.loads((features / "manifest.json").read_text())
     report = label_agreement(shop, features)
     rows = manifest["rows"]
-    command = " ".join([".venv/bin/python", "benchmarks/stage_labels.py", *sys.argv[1:]])
+    command = command_line("stage_labels", argv)
     ok = "meets" if report.agreement >= TARGET_AGREEMENT else "**misses**"
     ok = f"{ok} the target of {TARGET_AGREEMENT:.0%}"
     lines = [
@@ -279,13 +278,11 @@ def main() -> None:
     section = "\n".join(lines)
     print(section)
     if args.markdown:
-        from benchmarks.simulated import write_section
-
         write_section(args.markdown, SECTION, section)
 
 
 def model_lines(shop: Path, features: Path, args: argparse.Namespace) -> list[str]:
-    from training.evaluate import compare
+    from training.results import compare
     from training.sequence import FitConfig
 
     model: dict[str, Any] = {"encoder": args.encoder} if args.encoder else {}

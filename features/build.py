@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,239 +35,29 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from features.config import from_settings, load_settings
 from features.encoder import (
     AGGREGATE_NAMES,
     TOKEN_FIELDS,
-    EncoderConfig,
-    PreparedEvents,
-    encode_prepared,
-    prepare,
-    to_epoch_ms,
     token_sizes,
 )
-from features.labels import DECISION_COLUMNS, LabelConfig, hindsight_labels
+from features.labels import DECISION_COLUMNS
 from features.progress import progress_bar
 from features.schema import REQUIRED_COLUMNS, EventSchemaError
+from features.snapshots import (
+    DICTIONARY_COLUMNS,
+    EVENT_READ_COLUMNS,
+    SPLITS,
+    BucketContext,
+    BuildConfig,
+    SplitPlan,
+    plan_splits,
+    process_bucket,
+)
 from features.vocab import FITTED_FIELDS, Vocabulary
 
 log = logging.getLogger(__name__)
 
 Engine = Literal["pandas", "spark"]
-SPLITS = ("train", "valid", "test")
-EVENT_READ_COLUMNS = (
-    "customer_id",
-    "ts",
-    "event_type",
-    "channel",
-    "item_id",
-    "category",
-    "value",
-    "message_type",
-)
-DICTIONARY_COLUMNS = ("customer_id", "event_type", "channel", "item_id", "category", "message_type")
-DAY = pd.Timedelta(days=1)
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Settings of one features build; load with `from_yaml` and CLI overrides, logged whole.
-
-    Attributes:
-        cutoff_every_days: days between cutoffs.
-        warmup_days: the first cutoff comes this long after the first event (unless `first_cutoff`).
-        first_cutoff: date of the first cutoff (ISO); cutoffs are at midnight UTC. When unset and a
-            decision log is given, cutoffs fall on the log's main decision weekday, from its first
-            decision day on, so that each logged decision is labelled at the cutoff of its day.
-        test_start: first test cutoff (ISO date); default: the last `n_test_cutoffs` labelled cutoffs.
-        valid_start: first validation cutoff; default: the last `n_valid_cutoffs` cutoffs whose label
-            window ends before the test starts.
-        active_within_days: a customer gets a row at a cutoff when active (any event) in this many days
-            before it, or when a decision was logged for them at the cutoff.
-        item_min_count: items seen fewer times in the training window map to out-of-vocabulary.
-        bucket_events: target events per bucket (sets the number of buckets, and so the memory).
-        n_buckets: fixed number of buckets instead.
-        workers: processes of the pandas engine (0: one per core).
-    """
-
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    labels: LabelConfig = field(default_factory=LabelConfig)
-    cutoff_every_days: int = 7
-    warmup_days: int = 28
-    first_cutoff: str | None = None
-    test_start: str | None = None
-    valid_start: str | None = None
-    n_test_cutoffs: int = 2
-    n_valid_cutoffs: int = 2
-    active_within_days: int = 60
-    item_min_count: int = 1
-    max_items: int = 1_000_000
-    bucket_events: int = 1_000_000
-    n_buckets: int | None = None
-    workers: int = 0
-    batch_rows: int = 1_000_000
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
-        """Builds a config from nested dicts, naming any unknown key."""
-        data = dict(data)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"unknown build setting(s): {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
-        enc = from_settings(EncoderConfig, data.pop("encoder", {}) or {}, "encoder")
-        lab = data.pop("labels", {}) or {}
-        if "purchase_horizons" in lab:
-            lab["purchase_horizons"] = tuple(lab["purchase_horizons"])
-        return cls(encoder=enc, labels=from_settings(LabelConfig, lab, "labels"), **data)
-
-    @classmethod
-    def from_yaml(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> BuildConfig:
-        """Reads YAML (optional) and applies dotted overrides such as {"encoder.max_len": 30}."""
-        return cls.from_dict(load_settings(path, overrides))
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class SplitPlan:
-    """Cutoff dates per split (midnight UTC)."""
-
-    cutoffs: dict[str, list[pd.Timestamp]]
-
-    @property
-    def valid_start(self) -> pd.Timestamp:
-        """Start of the validation window: vocabularies see only events before it."""
-        later = [c for s in ("valid", "test") for c in self.cutoffs[s]]
-        return min(later) if later else max(self.cutoffs["train"]) + DAY
-
-    def frame(self) -> pd.DataFrame:
-        rows = [(c, s) for s in SPLITS for c in self.cutoffs[s]]
-        return pd.DataFrame(rows, columns=["cutoff", "split"])
-
-    def to_json(self) -> dict[str, list[str]]:
-        return {s: [c.date().isoformat() for c in cs] for s, cs in self.cutoffs.items()}
-
-    @classmethod
-    def from_json(cls, data: dict[str, list[str]]) -> SplitPlan:
-        return cls({s: [pd.Timestamp(c, tz="UTC") for c in cs] for s, cs in data.items()})
-
-
-def plan_splits(first_ts: pd.Timestamp, last_ts: pd.Timestamp, config: BuildConfig) -> SplitPlan:
-    """Places cutoffs every `cutoff_every_days` and splits them by time.
-
-    Only cutoffs whose whole label window lies inside the data are kept. Test cutoffs are the last ones;
-    validation cutoffs end their label window before the first test cutoff, so a test label never
-    overlaps an input or a label the model was selected on. Training cutoffs come before validation.
-    """
-    horizon = pd.Timedelta(days=config.labels.horizon_days)
-    every = pd.Timedelta(days=config.cutoff_every_days)
-    start = (
-        pd.Timestamp(config.first_cutoff, tz="UTC")
-        if config.first_cutoff
-        else (first_ts + pd.Timedelta(days=config.warmup_days)).ceil("D")
-    )
-    # Labels need the whole horizon: the data ends at the end of the last event's day.
-    end = last_ts.floor("D") + DAY
-    cutoffs = list(pd.date_range(start, end - horizon, freq=every))
-    if not cutoffs:
-        raise ValueError(
-            f"no cutoff fits: events span {first_ts.date()} .. {last_ts.date()}, but the first cutoff is "
-            f"{start.date()} and labels need {horizon.days} days after it"
-        )
-    if config.test_start:
-        test_start = pd.Timestamp(config.test_start, tz="UTC")
-        test = [c for c in cutoffs if c >= test_start]
-    else:
-        test = cutoffs[-config.n_test_cutoffs :]
-        test_start = test[0]
-    before = [c for c in cutoffs if c + horizon <= test_start]
-    if config.valid_start:
-        valid_start = pd.Timestamp(config.valid_start, tz="UTC")
-        valid = [c for c in before if c >= valid_start]
-    else:
-        valid = before[-config.n_valid_cutoffs :]
-        valid_start = valid[0] if valid else test_start
-    train = [c for c in before if c < valid_start]
-    if not train or not test:
-        raise ValueError(
-            f"events from {first_ts.date()} to {last_ts.date()} leave no room for train and test cutoffs "
-            f"(horizon {horizon.days} days, every {every.days} days): "
-            f"train {len(train)}, valid {len(valid)}, test {len(test)}"
-        )
-    return SplitPlan({"train": train, "valid": valid, "test": test})
-
-
-@dataclass
-class BucketContext:
-    """What each bucket needs besides its events: shipped to workers and Spark executors."""
-
-    vocab_json: str
-    plan: dict[str, list[str]]
-    config: dict[str, Any]
-
-
-def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: BucketContext) -> pa.Table:
-    """Encodes and labels every (customer, cutoff) row of one bucket of customers.
-
-    The per-bucket function of both engines. A customer gets a row at a cutoff when active in the
-    `active_within_days` before it or when a decision was logged for them at that cutoff.
-    """
-    config = BuildConfig.from_dict(ctx.config)
-    vocab = Vocabulary.from_json(ctx.vocab_json)
-    plan = SplitPlan.from_json(ctx.plan).frame()
-    if decisions is not None and decisions.empty:
-        decisions = None
-    prep = prepare(events, vocab)
-    cutoffs = _candidate_rows(prep, plan, config, decisions)
-    batch = encode_prepared(prep, cutoffs, config.encoder)
-    labels = hindsight_labels(prep, cutoffs, config.labels, decisions)
-
-    columns: dict[str, pa.Array] = {
-        "customer_id": pa.array(cutoffs["customer_id"].to_numpy(dtype=object), pa.string()),
-        "cutoff": pa.array(to_epoch_ms(cutoffs["cutoff"]) * 1000, pa.timestamp("us", tz="UTC")),
-        "split": pa.array(cutoffs["split"].to_numpy(dtype=object), pa.string()),
-        "seq_len": pa.array(batch.length, pa.int32()),
-    }
-    # Stored ragged (only the real events, oldest first): `padded_tokens` restores the model's layout.
-    offsets = pa.array(batch.offsets.astype(np.int32))
-    for name in TOKEN_FIELDS:
-        columns[f"tok_{name}"] = pa.ListArray.from_arrays(offsets, pa.array(batch.values[name]))
-    for name in AGGREGATE_NAMES:
-        columns[name] = pa.array(batch.aggregates[name], pa.float64())
-    columns.update(labels)
-    return pa.table(columns)
-
-
-def _candidate_rows(
-    prep: PreparedEvents, plan: pd.DataFrame, config: BuildConfig, decisions: pd.DataFrame | None
-) -> pd.DataFrame:
-    """(customer, cutoff, split) rows: customers active before the cutoff, or with a decision at it."""
-    n_c, n_t = len(prep.customers), len(plan)
-    cut_ms = to_epoch_ms(plan["cutoff"])
-    cust = np.repeat(np.arange(n_c, dtype=np.int64), n_t)
-    t_ms = np.tile(cut_ms, n_c)
-    window = config.active_within_days * 86_400_000
-    keep = prep.search(cust, t_ms) > np.maximum(prep.search(cust, t_ms - window), prep.starts(cust))
-    if decisions is not None and n_t:
-        # The cutoff a decision belongs to: the last one at or before it, within the decision window.
-        d_cust = prep.customer_codes(decisions["customer_id"])
-        d_ms = to_epoch_ms(decisions["ts"])
-        k = np.searchsorted(cut_ms, d_ms, side="right") - 1
-        ok = (d_cust >= 0) & (k >= 0)
-        ok &= d_ms < cut_ms[np.maximum(k, 0)] + config.labels.decision_window_days * 86_400_000
-        keep[d_cust[ok] * n_t + k[ok]] = True
-    rows = pd.DataFrame(
-        {
-            "customer_id": prep.customers[cust[keep]],
-            "cutoff": pd.to_datetime(t_ms[keep], unit="ms", utc=True),
-            "split": plan["split"].to_numpy()[np.tile(np.arange(n_t), n_c)[keep]],
-        }
-    )
-    return rows
 
 
 @dataclass
@@ -349,7 +139,7 @@ def build_features(
         raise ValueError(f"{events}: no events")
     first_ts, last_ts = _time_range(ev)
     if decision_files and not config.first_cutoff:
-        config = replace(config, first_cutoff=_decision_aligned_start(decision_files, first_ts, config))
+        config = replace(config, first_cutoff=decision_aligned_start(decision_files, first_ts, config))
     plan = plan_splits(first_ts, last_ts, config)
     workers = config.workers or os.cpu_count() or 1
     n_buckets = config.n_buckets or max(workers, math.ceil(n_events / config.bucket_events))
@@ -399,7 +189,7 @@ def build_features(
     return manifest
 
 
-def _decision_aligned_start(files: list[Path], first_ts: pd.Timestamp, config: BuildConfig) -> str:
+def decision_aligned_start(files: list[Path], first_ts: pd.Timestamp, config: BuildConfig) -> str:
     """First cutoff on the decision log's main weekday, at or after its first decision and the warm-up."""
     ts = pd.to_datetime(
         _dataset(files, "decisions").to_table(columns=["ts"]).column("ts").to_pandas(), utc=True

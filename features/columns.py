@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from features import schema
-from features.validate import MAX_FUTURE, MIN_TS, Reason, describe
+from features.rejects import MAX_FUTURE, MIN_TS, Reason, describe
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _TEXT = tuple(c for c in schema.EVENT_COLUMNS if c not in ("ts", *schema.NUMBER_COLUMNS))

@@ -18,12 +18,17 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
 
     The one loader behind every `--config FILE --set key=value` command.
     """
-    data: dict[str, Any] = (yaml.safe_load(path.read_text()) or {}) if path else {}
+    data: Any = (yaml.safe_load(path.read_text()) or {}) if path else {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings at the top, got a {type(data).__name__}")
     for dotted, value in (overrides or {}).items():
         target = data
         *parents, leaf = dotted.split(".")
-        for p in parents:
+        for depth, p in enumerate(parents):
             target = target.setdefault(p, {})
+            if not isinstance(target, dict):
+                section = ".".join(parents[: depth + 1])
+                raise ValueError(f"setting {dotted}: {section} is a value ({target!r}), not a section")
         target[leaf] = value
     return data
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from features.arrays import cents, factorize_sorted, last_index, prefix_sum, to_epoch_ms
 from features.columns import EventColumns
 from features.schema import EVENT_TYPES, SHOP_SENT_EVENTS, EventType
 from features.vocab import FIRST, Vocabulary
@@ -148,7 +149,7 @@ def prepare(events: pd.DataFrame, vocab: Vocabulary) -> PreparedEvents:
         vocab: vocabularies fitted on the training window.
     """
     n = len(events)
-    customers, cust = _factorize_sorted(events["customer_id"])
+    customers, cust = factorize_sorted(events["customer_id"])
     tokens = {name: vocab.lookup(name, events[name]) if name in events else _zeros(n) for name in _LOOKED_UP}
     value = (
         pd.to_numeric(events["value"], errors="coerce").to_numpy(dtype=np.float64)
@@ -357,7 +358,7 @@ def _aggregates(
     out["monetary"] = (msum[end] - msum[start]) / 100.0
 
     def days_since(mask: np.ndarray) -> np.ndarray:
-        last = _last_index(mask)
+        last = last_index(mask)
         idx = np.where(end > start, last[np.maximum(end - 1, 0)] if len(last) else -1, -1)
         ok = (idx >= start) & (idx >= 0)
         ts = prep.ts_ms[np.maximum(idx, 0)] if len(prep.ts_ms) else np.zeros(len(idx))
@@ -374,7 +375,7 @@ def _aggregates(
     day = prep.ts_ms // MS_PER_DAY
     new_day = np.ones(len(day), dtype=bool)
     if len(day):
-        last_purchase = _last_index(purchase)
+        last_purchase = last_index(purchase)
         previous = np.concatenate([[-1], last_purchase[:-1]])
         same = (
             (previous >= 0)
@@ -396,7 +397,7 @@ def _aggregates(
     # E-mail consent from the last consent event: 1 subscribed, 0 unsubscribed, -1 unknown.
     subscribe = et == EVENT_TYPES.index(EventType.NEWSLETTER_SIGNUP)
     unsubscribe = et == EVENT_TYPES.index(EventType.EMAIL_UNSUBSCRIBE)
-    last = _last_index(subscribe | unsubscribe)
+    last = last_index(subscribe | unsubscribe)
     idx = np.where(end > start, last[np.maximum(end - 1, 0)] if len(last) else -1, -1)
     known = (idx >= start) & (idx >= 0)
     subscribed = subscribe[np.maximum(idx, 0)] if len(subscribe) else np.zeros(len(idx), dtype=bool)
@@ -412,47 +413,5 @@ def _of_types(event_type: np.ndarray, types: frozenset[str]) -> np.ndarray:
     return table[event_type.astype(np.int64) + 1]
 
 
-def cents(value: np.ndarray) -> np.ndarray:
-    """Money as int64 cents (NaN -> 0): integer prefix sums are exact, so a customer's sums do not
-    depend on which other customers share the batch (float prefix sums would)."""
-    return np.round(np.where(np.isnan(value), 0.0, value) * 100).astype(np.int64)
-
-
-def prefix_sum(x: np.ndarray) -> np.ndarray:
-    """Exclusive prefix sum: `out[i]` is the sum of `x[:i]` (length n + 1)."""
-    out = np.zeros(len(x) + 1, dtype=x.dtype)
-    np.cumsum(x, out=out[1:])
-    return out
-
-
-def _last_index(mask: np.ndarray) -> np.ndarray:
-    """`out[i]` is the largest j <= i with mask[j], or -1."""
-    idx = np.where(mask, np.arange(len(mask)), -1)
-    return np.maximum.accumulate(idx) if len(idx) else idx
-
-
-def _factorize_sorted(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted unique ids and each row's index into them; categorical input sorts only its categories."""
-    if isinstance(values.dtype, pd.CategoricalDtype):
-        cats = np.asarray(values.cat.categories.astype(str), dtype=object)
-        codes = values.cat.codes.to_numpy()
-        if (codes < 0).any():
-            raise ValueError("customer_id: missing values in validated events")
-        used = np.unique(codes)
-        order = np.argsort(cats[used], kind="stable")
-        rank = np.empty(len(cats), dtype=np.int64)
-        rank[used[order]] = np.arange(len(used))
-        return cats[used[order]], rank[codes]
-    ids = values.astype(str).to_numpy(dtype=object)
-    customers, inverse = np.unique(ids, return_inverse=True)
-    return customers, inverse.astype(np.int64).reshape(-1)
-
-
 def _zeros(n: int) -> np.ndarray:
     return np.zeros(n, dtype=np.int32)
-
-
-def to_epoch_ms(ts: pd.Series) -> np.ndarray:
-    """UTC timestamps (naive ones taken as UTC) -> int64 epoch milliseconds, floored."""
-    values = pd.to_datetime(ts, utc=True).dt.as_unit("ns")
-    return values.astype("int64").to_numpy(dtype=np.int64) // 1_000_000

@@ -26,7 +26,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from features.adapters import (
+from features.sources import (
     ColumnMapping,
     MappingError,
     RawEvents,

@@ -63,7 +63,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.encoder import MS_PER_DAY, PreparedEvents, cents, prefix_sum, to_epoch_ms
+from features.arrays import cents, prefix_sum, to_epoch_ms
+from features.encoder import MS_PER_DAY, PreparedEvents
 from features.schema import ACTIONS, EVENT_TYPES, SHOP_SENT_EVENTS, STAGES, EventType, Stage
 
 

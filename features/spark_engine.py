@@ -15,14 +15,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from features.build import (
-    DECISION_COLUMNS,
-    EVENT_READ_COLUMNS,
-    BucketContext,
-    BuildConfig,
-    SplitPlan,
-    process_bucket,
-)
+from features.labels import DECISION_COLUMNS
+from features.snapshots import EVENT_READ_COLUMNS, BucketContext, BuildConfig, SplitPlan, process_bucket
 from features.vocab import FITTED_FIELDS, Vocabulary
 
 

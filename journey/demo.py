@@ -13,12 +13,18 @@ from pathlib import Path
 
 import mlflow
 
-from features.build import BuildConfig, build_features, format_manifest, load_rows
-from features.simulate import SimConfig, format_summary, simulate
-from training.campaign import campaign_results, format_headline, load_decision_log, log_report, write_report
-from training.journey_map import fetch_journey_map
-from training.registry import champion_version, tracking_uri
-from training.train import TrainConfig, comparison_markdown, promote, train
+from features.build import build_features, format_manifest, load_rows
+from features.sim import SimConfig, format_summary, simulate
+from features.snapshots import BuildConfig
+from predictor.registry import tracking_uri
+from reports.campaign import format_headline
+from reports.campaign.report import campaign_report
+from reports.journey_map import fetch_journey_map
+from reports.run import RUN_REPORTERS
+from training.config import FitSettings, TrainConfig
+from training.promote import promote
+from training.registry import champion_version
+from training.train import comparison_markdown, train
 
 DEMO_METRICS = (
     "stage/macro_f1",
@@ -92,10 +98,10 @@ def run_demo(
     config = TrainConfig(
         features=str(features),
         shop=str(shop),
-        fit={"max_train_rows": train_rows, "max_epochs": epochs},
+        fit=FitSettings(max_train_rows=train_rows, max_epochs=epochs),
         n_boot=100,
     )
-    result = train(config)
+    result = train(config, reporters=RUN_REPORTERS)
     echo(comparison_markdown(result.results, DEMO_METRICS))
     if result.run_id is None:
         raise RuntimeError("the training run has no id: nothing was logged to MLflow")
@@ -126,14 +132,9 @@ def run_demo(
         reasons = list(decision.failures)
 
     echo("\n== 5/5 campaign results of the shop's decision log: rates and lift against the control group")
-    log = load_decision_log(shop)
-    results = campaign_results(log, n_boot=300, seed=seed)
-    files = write_report(
-        results, out / "campaign", notes=["Outcomes from the shop's events (its outcome window)."]
-    )
-    log_report(out / "campaign", params={"decisions": str(shop)})
-    echo(format_headline(results))
-    echo(f"campaign report: {files.html}")
+    campaign = campaign_report(shop, out / "campaign", n_boot=300, seed=seed)
+    echo(format_headline(campaign.results))
+    echo(f"campaign report: {campaign.files.html}")
     experiment = mlflow.get_experiment_by_name(config.experiment)
     echo(
         "\nOpen the MLflow UI on the project's store:\n"

@@ -45,7 +45,7 @@ class JourneyPyfunc(PythonModel):
 
     def predict_features(self, data: Any, k: int = 50) -> Predictions:
         """Predictions on a features split (`training.data.FeatureData`: padded tokens and aggregates),
-        what the promotion gate and the journey map evaluate."""
+        what the promotion gate and `journey evaluate` score."""
         return self.predictor.score_arrays(data.tokens, data.aggregates, k)
 
     def predict(

@@ -73,6 +73,22 @@ class NotAJourneyModel(TypeError):
     """The registered model is some other pyfunc."""
 
 
+def registered_version(
+    name: str = MODEL_NAME, *, version: str | None = None, alias: str | None = None
+) -> Any:
+    """The registry's record of a version (`mlflow.entities.model_registry.ModelVersion`: `.version`,
+    `.run_id`), by number or alias (exactly one of the two): the one lookup every caller goes through.
+
+    Raises:
+        MlflowException: no such version or alias, or the registry cannot be read.
+    """
+    model_uri(name, version=version, alias=alias)  # checks that exactly one is given
+    client = MlflowClient()
+    if version is not None:
+        return client.get_model_version(name, version)
+    return client.get_model_version_by_alias(name, str(alias))
+
+
 def load_registered(
     name: str = MODEL_NAME, *, version: str | None = None, alias: str | None = None
 ) -> Registered:
@@ -86,12 +102,7 @@ def load_registered(
     pyfunc = model.unwrap_python_model()
     if not isinstance(pyfunc, JourneyPyfunc):
         raise NotAJourneyModel(f"{name}: not a journey scorer ({type(pyfunc).__name__})")
-    client = MlflowClient()
-    found = (
-        client.get_model_version(name, version)
-        if version is not None
-        else (client.get_model_version_by_alias(name, str(alias)))
-    )
+    found = registered_version(name, version=version, alias=alias)
     return Registered(name, str(found.version), found.run_id, pyfunc, _input_example(model))
 
 

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +26,11 @@ import pyarrow.parquet as pq
 
 from features.columns import EventColumns
 from features.schema import EVENT_COLUMNS, STAGES, conform_table
+from predictor.registry import configure
+from serving.model import ModelManager, ModelRefused
 from serving.service import CustomerRequest, Service
+from serving.settings import ServeSettings
+from serving.store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +159,71 @@ def score_audience(
         _no_customers().to_parquet(out, index=False)
     seconds = time.perf_counter() - started
     return AudienceSummary(done, seconds, out, actions)
+
+
+def scoring_time(now: str | datetime | None) -> datetime:
+    """An ISO time (naive: UTC), or now.
+
+    Raises:
+        ValueError: not a time.
+    """
+    if now is None:
+        return datetime.now(UTC)
+    try:
+        when = pd.Timestamp(now).to_pydatetime()
+    except ValueError as err:
+        raise ValueError(f"scoring time {now!r} is not an ISO date or time") from err
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when
+
+
+def export_audience(
+    settings: ServeSettings,
+    events_path: Path,
+    out: Path,
+    *,
+    now: str | datetime | None = None,
+    segment: Path | None = None,
+    chunk: int = 5_000,
+    n_items: int = 5,
+    record: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[AudienceSummary, str]:
+    """`journey score-audience`: the service as a replica builds it (the registered model under the
+    settings' alias, the online store, the rules) scores an events dataset to a file (`score_audience`).
+
+    The inputs are checked before the model is loaded, so a wrong path or time fails at once.
+
+    Args:
+        now: scoring time (ISO; naive is UTC); None: now.
+        segment: a CSV or Parquet file of the customer ids to score (`read_segment`); None: everyone.
+
+    Returns:
+        The summary, and the registered version that scored.
+
+    Raises:
+        FileNotFoundError: no events or segment file. ValueError: a bad time, segment or output suffix.
+        ModelRefused: no model under the alias, or it failed its smoke test.
+    """
+    if out.suffix not in (".parquet", ".csv"):
+        raise ValueError(f"{out}: write .parquet or .csv")
+    if not events_path.exists():
+        raise FileNotFoundError(f"no events at {events_path}")
+    when = scoring_time(now)
+    ids = read_segment(segment) if segment else None
+    configure()
+    manager = ModelManager(settings.model_name, settings.model_alias)
+    manager.alias_version()  # no model under the alias: refused here, before anything is loaded
+    loaded = manager.reload()
+    if loaded["error"]:
+        raise ModelRefused(loaded["error"])
+    store = open_store(settings.store_url, max_events=settings.history_len)
+    try:
+        service = Service(settings, store, manager)
+        summary = score_audience(service, events_path, out, now=when, segment=ids, chunk=chunk,
+                                 n_items=n_items, record=record, progress=progress)  # fmt: skip
+    finally:
+        store.close()
+    return summary, str(loaded["version"])
 
 
 def _text_columns(table: pa.Table) -> pa.Table:

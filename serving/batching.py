@@ -10,7 +10,8 @@ from one worker thread and hands each caller its own result. The caller's answer
 other requests shared its batch. That is `fn`'s contract (every row of a forward is computed on its own;
 note that float32 BLAS kernels can round a row differently for different block sizes, by about 1e-6:
 `benchmarks/ranking.py` measures it), and the batcher keeps its own part of it: a batch that fails is
-retried item by item, so that one bad request cannot fail the others.
+retried item by item, so that one bad request cannot fail the others. `forward_together`, at the end, is
+the service's `fn`: one forward per model over every batch given.
 """
 
 from __future__ import annotations
@@ -23,6 +24,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
+
+import numpy as np
+
+from features.encoder import EncodedBatch
+from predictor.interface import InferenceUnit, Predictions
 
 log = logging.getLogger(__name__)
 
@@ -275,3 +281,36 @@ class MicroBatcher(Generic[T, R]):
     def _count(self, **more: int) -> None:
         with self._cond:
             self._stats = replace(self._stats, **{k: getattr(self._stats, k) + v for k, v in more.items()})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The service's batched call: one forward per model
+
+
+def _concat_batches(batches: Sequence[EncodedBatch]) -> EncodedBatch:
+    return EncodedBatch(
+        values={name: np.concatenate([b.values[name] for b in batches]) for name in batches[0].values},
+        length=np.concatenate([b.length for b in batches]),
+        max_len=batches[0].max_len,
+        aggregates={
+            name: np.concatenate([b.aggregates[name] for b in batches]) for name in batches[0].aggregates
+        },
+    )
+
+
+def forward_together(items: list[tuple[InferenceUnit, EncodedBatch, int]]) -> list[Predictions]:
+    """One forward per model over every batch given (the micro-batcher's function); each batch gets its
+    own rows and its own number of items back."""
+    out: list[Predictions | None] = [None] * len(items)
+    by_model: dict[int, list[int]] = {}
+    for j, (predictor, _, _) in enumerate(items):
+        by_model.setdefault(id(predictor), []).append(j)
+    for positions in by_model.values():
+        predictor = items[positions[0]][0]
+        batches = [items[j][1] for j in positions]
+        pred = predictor.score(_concat_batches(batches), max(items[j][2] for j in positions))
+        lo = 0
+        for j, batch in zip(positions, batches, strict=True):
+            out[j] = pred.rows(lo, lo + len(batch), items[j][2])
+            lo += len(batch)
+    return [p for p in out if p is not None]

@@ -27,14 +27,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from mlflow import MlflowClient
 
 from features.columns import EventColumns
 from features.encoder import EncoderConfig
 from features.schema import ACTIONS, EVENT_COLUMNS, STAGES
 from features.vocab import FIRST, Vocabulary
 from predictor.interface import InferenceUnit, Predictions
-from predictor.registry import NotAJourneyModel, load_registered
+from predictor.registry import NotAJourneyModel, load_registered, registered_version
 from serving.scoring import customer_slices, score_customers
 
 log = logging.getLogger(__name__)
@@ -324,7 +323,7 @@ class ModelManager:
             ModelRefused: the registry cannot be reached or the alias does not exist.
         """
         try:
-            return str(MlflowClient().get_model_version_by_alias(self.name, self.alias).version)
+            return str(registered_version(self.name, alias=self.alias).version)
         except Exception as err:
             raise ModelRefused(f"{self.name}@{self.alias}: {type(err).__name__}: {err}") from err
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from features.schema import Action, Channel, EventType
+from serving.store.records import OutcomeKind
 
 
 def _clean_text(value: str) -> str:
@@ -77,7 +78,6 @@ Id = Annotated[
 ]
 Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 Flag = Annotated[bool, Field(strict=True)]
-OUTCOME_KINDS = ("delivered", "opened", "clicked", "purchased", "unsubscribed")
 
 
 class _Body(BaseModel):
@@ -172,7 +172,7 @@ class EventsRequest(_Body):
 
 class FeedbackRequest(_Body):
     decision_id: Id
-    outcome: Literal["delivered", "opened", "clicked", "purchased", "unsubscribed"]
+    outcome: OutcomeKind
     ts: Time | None = Field(None, description="When it happened; default now.")
     revenue: Number | None = Field(None, ge=0, description="For purchased.")
     item_id: Text | None = Field(None, description="For purchased: the item bought (becomes an event).")

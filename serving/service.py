@@ -26,7 +26,7 @@ from features.encoder import EncodedBatch
 from features.policy import NO_SEND
 from features.schema import ACTIONS, STAGES, Action, EventType
 from predictor.interface import InferenceUnit, Predictions
-from serving.batching import MicroBatcher
+from serving.batching import MicroBatcher, forward_together
 from serving.decided import Decided, answer, decision_dict, table
 from serving.decisions import (
     MESSAGE_CHANNEL,
@@ -97,35 +97,6 @@ def request_events(
     if problems:
         raise InvalidInput(problems)
     return columns
-
-
-def _concat_batches(batches: Sequence[EncodedBatch]) -> EncodedBatch:
-    return EncodedBatch(
-        values={name: np.concatenate([b.values[name] for b in batches]) for name in batches[0].values},
-        length=np.concatenate([b.length for b in batches]),
-        max_len=batches[0].max_len,
-        aggregates={
-            name: np.concatenate([b.aggregates[name] for b in batches]) for name in batches[0].aggregates
-        },
-    )
-
-
-def forward_together(items: list[tuple[InferenceUnit, EncodedBatch, int]]) -> list[Predictions]:
-    """One forward per model over every batch given (the micro-batcher's function); each batch gets its
-    own rows and its own number of items back."""
-    out: list[Predictions | None] = [None] * len(items)
-    by_model: dict[int, list[int]] = {}
-    for j, (predictor, _, _) in enumerate(items):
-        by_model.setdefault(id(predictor), []).append(j)
-    for positions in by_model.values():
-        predictor = items[positions[0]][0]
-        batches = [items[j][1] for j in positions]
-        pred = predictor.score(_concat_batches(batches), max(items[j][2] for j in positions))
-        lo = 0
-        for j, batch in zip(positions, batches, strict=True):
-            out[j] = pred.rows(lo, lo + len(batch), items[j][2])
-            lo += len(batch)
-    return [p for p in out if p is not None]
 
 
 @dataclass

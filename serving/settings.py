@@ -186,7 +186,7 @@ class ServeSettings(BaseSettings):
     def _build(cls, *sources: PydanticBaseSettingsSource) -> ServeSettings:
         try:
             # pydantic-settings' own keyword: these sources instead of the init values and os.environ.
-            return cls(_build_sources=(sources, {}))  # type: ignore[call-arg]
+            return cls(_build_sources=(sources, {}))
         except ValidationError as err:
             raise ValueError(describe(err)) from None
 

@@ -1,8 +1,14 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: here, and in the plugin modules below, which every test module sees by name.
+
+`tests.worlds` holds the simulated worlds (a shop, its feature build, the fitted models, the registry with
+its champion); `tests.servers` the real servers a test starts (Redis, PostgreSQL-backed MLflow).
+"""
 
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["tests.worlds", "tests.servers"]
 
 # The real datasets live beside the project (../shared/data), never inside it.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

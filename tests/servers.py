@@ -1,10 +1,9 @@
-"""Real servers for integration tests: an MLflow tracking server backed by a throwaway PostgreSQL cluster.
+"""Real servers for integration tests: a Redis server, and an MLflow tracking server backed by a throwaway
+PostgreSQL cluster.
 
-This is the registry the way a team runs it (`mlflow server` on a PostgreSQL store, artifacts proxied by
-the server), started from Debian's PostgreSQL binaries on 127.0.0.1. Test modules use the session fixture
-by importing it:
-
-    from tests.servers import mlflow_server  # noqa: F401
+The registry is the way a team runs it (`mlflow server` on a PostgreSQL store, artifacts proxied by the
+server), started from Debian's PostgreSQL binaries on 127.0.0.1. `tests/conftest.py` registers this module
+as a plugin: a test asks for the session fixtures `redis_url` and `mlflow_server` by name.
 
 PostgreSQL refuses to run as root. When the tests run as root, the cluster lives in a fresh directory under
 the system temp folder (pytest's root-owned temp folders are closed to other users) owned by the
@@ -271,3 +270,59 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     """One PostgreSQL-backed MLflow server for the whole session; a failure to start fails the test."""
     with postgres_mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A throw-away redis-server on a free local port, without persistence, for the whole session: each
+    test keeps to a namespace of its own (`?namespace=...` in the store URL)."""
+    import redis  # here, not at the top: every pytest run imports this plugin
+
+    binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
+    if binary is None:
+        pytest.fail(
+            "redis-server not found: the Redis store tests need a real server "
+            "(install the Debian package redis-server, as .ci/run does)"
+        )
+    workdir = tmp_path_factory.mktemp("redis")
+    port = free_port()
+    log = workdir / "redis.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not start on port {port}: {log.read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

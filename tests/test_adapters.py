@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.adapters import (
+from features.rejects import Reason
+from features.sources import (
     ColumnMapping,
     MappingError,
     SourceFormatError,
@@ -20,7 +21,7 @@ from features.adapters import (
     read_retailrocket,
     validate_raw,
 )
-from features.validate import Reason, ValidationResult
+from features.validate import ValidationResult
 
 FIXTURES = Path(__file__).parent / "fixtures"
 NOW = pd.Timestamp("2024-06-01", tz="UTC")

@@ -18,12 +18,12 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from predictor.registry import CHAMPION, MODEL_NAME
 from serving.app import create_app
 from serving.model import ModelManager
 from serving.settings import ServeSettings
 from serving.store import open_store
-from tests.serving_env import Served, served  # noqa: F401
-from training.registry import CHAMPION, MODEL_NAME
+from tests.worlds import Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -31,7 +31,7 @@ KEY = "fuzz-key"
 
 
 @pytest.fixture(scope="module")
-def api_schema(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Any:  # noqa: F811
+def api_schema(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Any:
     manager = ModelManager(MODEL_NAME, CHAMPION)
     manager.reload()
     store = open_store(f"sqlite:///{Path(tmp_path_factory.mktemp('fuzz')) / 'online.db'}", max_events=50)

@@ -31,7 +31,7 @@ from serving.model import ModelManager
 from serving.settings import ServeSettings
 from serving.store import SQLiteStore, open_store
 from tests.servers import HOST, free_port, stop_group
-from tests.serving_env import Served, served  # noqa: F401
+from tests.worlds import Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -69,7 +69,7 @@ def journey_serve(args: Sequence[str], env: dict[str, str], log: Path) -> Iterat
 
 
 def test_two_workers_serve_one_sqlite_store_with_the_commands_settings(
-    served: Served,  # noqa: F811
+    served: Served,
     tmp_path: Path,
 ) -> None:
     config = tmp_path / "serve.yaml"
@@ -140,7 +140,7 @@ def uvicorn_thread(app: FastAPI) -> Iterator[int]:
 
 
 def test_a_request_the_client_abandoned_records_nothing(
-    served: Served,  # noqa: F811
+    served: Served,
     tmp_path: Path,
 ) -> None:
     manager = ModelManager(MODEL_NAME, CHAMPION)

@@ -11,14 +11,13 @@ import pandas as pd
 import pytest
 
 from features.schema import ACTIONS, STAGES
+from predictor.registry import CHAMPION, MODEL_NAME
 from serving.audience import read_segment, score_audience
 from serving.model import ModelManager
 from serving.service import Service
 from serving.settings import ServeSettings
 from serving.store import open_store
-from tests.serving_env import Served, served  # noqa: F401
-from tests.test_store import redis_url  # noqa: F401
-from training.registry import CHAMPION, MODEL_NAME
+from tests.worlds import Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -26,7 +25,7 @@ NOW = datetime(2026, 4, 20, 12, tzinfo=UTC)
 
 
 @pytest.fixture
-def audience_events(served: Served, tmp_path: Path) -> tuple[Path, list[str], str]:  # noqa: F811
+def audience_events(served: Served, tmp_path: Path) -> tuple[Path, list[str], str]:
     """Events of 300 customers before NOW; the first of them unsubscribes the day before."""
     events = served.events[served.events["ts"] < pd.Timestamp(NOW)]
     customers = sorted(events["customer_id"].unique())[:300]
@@ -45,7 +44,7 @@ def audience_events(served: Served, tmp_path: Path) -> tuple[Path, list[str], st
 
 
 @pytest.fixture
-def service(served: Served, tmp_path: Path) -> Service:  # noqa: F811
+def service(served: Served, tmp_path: Path) -> Service:
     manager = ModelManager(MODEL_NAME, CHAMPION)
     manager.reload()
     store = open_store(f"sqlite:///{tmp_path / 'online.db'}")
@@ -104,7 +103,7 @@ def test_a_segment_to_csv_includes_customers_without_events(
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_exporting_twice_at_the_same_time_sends_nobody_a_second_message(
     kind: str,
-    served: Served,  # noqa: F811
+    served: Served,
     audience_events: tuple[Path, list[str], str],
     tmp_path: Path,
     request: pytest.FixtureRequest,

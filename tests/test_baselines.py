@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from features.build import BuildConfig, build_features
+from features.build import build_features
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS
 from features.schema import ACTIONS, EVENT_TYPES, STAGES
+from features.snapshots import BuildConfig
 from features.vocab import FIRST
 from tests.factories import random_events, write_events
 from training.baselines import (
@@ -23,13 +24,13 @@ from training.baselines import (
     Popularity,
     all_baselines,
     cosine_neighbours,
-    expected_calibration_error,
     load_baseline,
     rank_items,
     ranking_quality,
 )
 from training.data import DEFAULT_TARGETS, FeatureBuild, FeatureData
 from training.interface import Scorer
+from training.metrics import expected_calibration_error
 
 N_ITEMS = 12  # item indices FIRST .. 11: a catalogue of 10
 MAX_LEN = 8
@@ -334,18 +335,26 @@ def test_forced_calibration_fixes_a_shifted_model(
     raw = small_lgbm(calibration="none", max_rounds=20, num_leaves=7).fit(shifted, valid)
     fixed = small_lgbm(calibration=method, max_rounds=20, num_leaves=7).fit(shifted, valid)
     y = test.targets["churn_30d"]
-    ece_raw = expected_calibration_error(raw.predict(test).propensity["churn_30d"], y)
-    ece_fixed = expected_calibration_error(fixed.predict(test).propensity["churn_30d"], y)
+    ece_raw = expected_calibration_error(y, raw.predict(test).propensity["churn_30d"], binning="equal_mass")
+    ece_fixed = expected_calibration_error(
+        y, fixed.predict(test).propensity["churn_30d"], binning="equal_mass"
+    )
     assert fixed.heads_["churn_30d"].info["calibration"] == method
     assert ece_fixed < ece_raw / 2
 
 
 def test_expected_calibration_error_by_hand() -> None:
     y = np.array([0, 1, 0, 1, 1, 1, 1, 0])
-    assert expected_calibration_error(np.full(8, 0.625), y, n_bins=1) == pytest.approx(0.0)
-    assert expected_calibration_error(np.full(8, 0.875), y, n_bins=2) == pytest.approx(0.25)
+    assert expected_calibration_error(y, np.full(8, 0.625), n_bins=1, binning="equal_mass") == pytest.approx(
+        0.0
+    )
+    assert expected_calibration_error(y, np.full(8, 0.875), n_bins=2, binning="equal_mass") == pytest.approx(
+        0.25
+    )
     stage = np.array([[0.9, 0.1], [0.9, 0.1]])
-    assert expected_calibration_error(stage, np.array([0, 1]), n_bins=1) == pytest.approx(0.4)
+    assert expected_calibration_error(
+        np.array([0, 1]), stage, n_bins=1, binning="equal_mass"
+    ) == pytest.approx(0.4)
 
 
 # -- the default set ---------------------------------------------------------------------------------------

@@ -13,19 +13,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from features.build import SPLITS, BuildConfig, build_features
+from features.build import build_features
 from features.encoder import EncoderConfig
+from features.snapshots import SPLITS, BuildConfig
 from tests.factories import random_events, write_events
 
 pytest.importorskip("duckdb")
 
-from benchmarks.feature_job import (
-    MARKER_END,
-    MARKER_START,
-    build_reference,
-    compare_outputs,
-    update_markdown,
-)
+from benchmarks.feature_job_compare import compare_outputs
+from benchmarks.feature_job_reference import build_reference
+from benchmarks.feature_job_report import MARKER_END, MARKER_START, update_markdown
 
 
 def _both(
@@ -40,7 +37,7 @@ def _both(
 
 
 def test_reference_agrees_on_a_simulated_shop_with_decisions(tmp_path: Path) -> None:
-    from features.simulate import SimConfig, simulate
+    from features.sim import SimConfig, simulate
 
     shop = tmp_path / "shop"
     simulate(SimConfig(n_customers=300, seed=7), shop, progress=False)

@@ -11,9 +11,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from features.build import BuildConfig, build_features, load_rows, padded_tokens, plan_splits
+from features.build import build_features, load_rows, padded_tokens
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS, EncoderConfig, encode, prepare
 from features.labels import LabelConfig, hindsight_labels
+from features.snapshots import BuildConfig, plan_splits
 from features.vocab import FIRST, OOV, Vocabulary
 from tests.factories import events, random_events, write_events
 

@@ -38,9 +38,8 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from features.simulate import ACTIONS, SimConfig, control_group, simulate
-from stats import newcombe_interval, wilson_interval
-from training.campaign import (
+from features.sim import ACTIONS, SimConfig, control_group, simulate
+from reports.campaign import (
     CampaignResults,
     campaign_results,
     load_decision_log,
@@ -48,6 +47,7 @@ from training.campaign import (
     outcomes_from_events,
     write_report,
 )
+from stats import newcombe_interval, wilson_interval
 
 B, K, N = "browse_abandonment", "cart_abandonment", "no_send"
 C, D = "consideration", "decision"

@@ -13,25 +13,17 @@ from matplotlib.figure import Figure
 from features.encoder import AGGREGATE_NAMES, NEVER_DAYS, TOKEN_FIELDS
 from features.policy import NO_SEND
 from features.schema import ACTIONS, STAGES
-from training.data import FeatureData
-from training.evaluate import (
-    EvaluationResult,
-    SimTruth,
-    compare,
-    evaluate,
-    is_valid_metric_name,
-    load_sim_truth,
-    markdown_table,
-    results_table,
-)
-from training.interface import Predictions
-from training.plots import (
+from reports.plots import (
     evaluation_figures,
     plot_confusion,
     plot_policy_values,
     plot_recall_at_k,
     plot_reliability,
 )
+from training.data import FeatureData
+from training.evaluate import SimTruth, evaluate, load_sim_truth
+from training.interface import Predictions
+from training.results import EvaluationResult, compare, is_valid_metric_name, markdown_table, results_table
 
 A = {a: i for i, a in enumerate(ACTIONS)}
 WELCOME, BROWSE, CART = A["welcome_series"], A["browse_abandonment"], A["cart_abandonment"]
@@ -310,8 +302,9 @@ def test_truth_adds_true_values_and_latent_stage_metrics() -> None:
 
 
 def test_on_a_simulated_shop_the_oracle_uplift_policy_is_best(tmp_path: Path) -> None:
-    from features.build import BuildConfig, build_features
-    from features.simulate import SimConfig, simulate
+    from features.build import build_features
+    from features.sim import SimConfig, simulate
+    from features.snapshots import BuildConfig
     from training.data import FeatureBuild
 
     shop = tmp_path / "shop"

@@ -109,7 +109,7 @@ def test_every_failure_is_one_line_in_the_summary() -> None:
 
 
 def test_settings_come_from_the_shipped_config_and_name_bad_values(tmp_path: Path) -> None:
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
     gate = TrainConfig.load(shipped).gate_config()

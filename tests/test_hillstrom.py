@@ -13,26 +13,23 @@ import pandas as pd
 import pytest
 import torch
 
-from benchmarks.hillstrom import (
+from benchmarks.hillstrom import main
+from benchmarks.hillstrom_data import (
     ARMS,
     CONSTANTS,
-    MARKER_END,
-    MARKER_START,
     MODEL,
     NO_EMAIL,
     T_LEARNER,
     HillstromDataError,
-    NetParams,
     arm_rates,
     arm_shares,
-    choose_threshold,
-    evaluate_outcome,
     load_hillstrom,
-    main,
-    thresholded_policy,
-    update_markdown,
     uplift_table,
 )
+from benchmarks.hillstrom_estimates import evaluate_outcome
+from benchmarks.hillstrom_learners import NetParams
+from benchmarks.hillstrom_policies import choose_threshold, thresholded_policy
+from benchmarks.hillstrom_report import MARKER_END, MARKER_START, update_markdown
 
 HISTORY_BINS = (0, 100, 200, 350, 500, 750, 1000, np.inf)
 HISTORY_LABELS = (

@@ -10,7 +10,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from features import schema
-from features.adapters import ColumnMapping, MappingError
 from features.ingest import (
     EVENTS_FILE,
     REJECTS_FILE,
@@ -19,6 +18,7 @@ from features.ingest import (
     format_summary,
     ingest,
 )
+from features.sources import ColumnMapping, MappingError
 from features.validate import RejectRatioExceeded
 
 FIXTURES = Path(__file__).parent / "fixtures"

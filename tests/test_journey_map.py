@@ -19,13 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from features.build import BuildConfig, build_features, load_rows
-from features.encoder import EncoderConfig
+from features.build import load_rows
 from features.schema import STAGES
-from features.simulate import SimConfig, simulate
 from journey.cli import app
-from training.data import FeatureBuild, FeatureData
-from training.journey_map import (
+from predictor.registry import MODEL_NAME
+from reports.journey_map import (
     ALL,
     ENTERED,
     LEFT,
@@ -40,8 +38,10 @@ from training.journey_map import (
     stage_assignments,
     value_tier,
 )
-from training.registry import MODEL_NAME
-from training.train import TrainConfig, train
+from reports.run import RUN_REPORTERS
+from training.config import TrainConfig
+from training.data import FeatureBuild, FeatureData
+from training.train import train
 
 CUTOFFS = pd.date_range("2026-01-05", periods=5, freq="7D", tz="UTC")
 # Four customers at five weekly cutoffs t0..t4 (None: no row, out of the active base).
@@ -320,19 +320,7 @@ def test_the_page_and_its_files_without_events(tmp_path: Path) -> None:
 
 
 # -- end to end on a small simulated shop ----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shop")
-    simulate(SimConfig(n_customers=300, days=120, n_items=150, seed=5), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def build(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureBuild:
-    out = tmp_path_factory.mktemp("features")
-    config = BuildConfig(encoder=EncoderConfig(max_len=10), n_buckets=1, workers=1)
-    build_features(shop / "events", out, config, decisions=shop / "decisions.parquet", progress=False)
-    return FeatureBuild.open(out)
+# `map_shop` and `map_build`: the journey-map shop of tests/worlds.py.
 
 
 @pytest.fixture(scope="module")
@@ -344,10 +332,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def run_id(build: FeatureBuild, store: Path) -> str:
+def run_id(map_build: FeatureBuild, store: Path) -> str:
     """One tiny training run: it registers the model as challenger and logs its journey map."""
     config = TrainConfig(
-        features=str(build.path),
+        features=str(map_build.path),
         experiment="journey-map-test",
         model={"d_model": 16, "n_layers": 1, "n_heads": 2},
         fit={"max_epochs": 1, "batch_size": 256, "seed": 0},
@@ -358,18 +346,19 @@ def run_id(build: FeatureBuild, store: Path) -> str:
     )
     # A one-epoch toy model fails the gate; the map is drawn from whatever a model says, so it is
     # registered by force (the test of the gate itself is tests/test_gate.py).
-    result = train(config, progress=False, force_register=True)
+    result = train(config, progress=False, force_register=True, reporters=RUN_REPORTERS)
     assert result.run_id is not None
     assert result.version is not None
     return result.run_id
 
 
 @pytest.fixture(scope="module")
-def map_dir(run_id: str, build: FeatureBuild, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def map_dir(run_id: str, map_build: FeatureBuild, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`journey map` on the registered challenger."""
     out = tmp_path_factory.mktemp("map")
     result = CliRunner().invoke(
-        app, ["map", "--features", str(build.path), "--model", "challenger", "--out", str(out), "--k", "2"]
+        app,
+        ["map", "--features", str(map_build.path), "--model", "challenger", "--out", str(out), "--k", "2"],
     )
     assert result.exit_code == 0, result.output
     assert f"journey map  {out / 'journey_map.html'}" in result.output
@@ -391,7 +380,7 @@ def test_training_run_logs_the_journey_map(run_id: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_journey_map_of_the_registered_model(map_dir: Path, build: FeatureBuild, shop: Path) -> None:
+def test_journey_map_of_the_registered_model(map_dir: Path, map_build: FeatureBuild, map_shop: Path) -> None:
     summary = json.loads((map_dir / "summary.json").read_text())
     assert summary["charts"] == [
         "stage_mix",
@@ -404,11 +393,11 @@ def test_journey_map_of_the_registered_model(map_dir: Path, build: FeatureBuild,
         "segments",
     ]
     assert summary["meta"]["model"].startswith(f"{MODEL_NAME} version 1")
-    assert summary["meta"]["events_path"] == str(shop / "events")  # the build's input, from its manifest
+    assert summary["meta"]["events_path"] == str(map_shop / "events")  # the build's input, from its manifest
     assert all((map_dir / f"{key}.png").stat().st_size > 5_000 for key in summary["charts"])
     # Every scored row is on the map, once.
     mix = pd.read_csv(map_dir / "mix.csv")
-    rows = sum(build.manifest["rows"].values())
+    rows = sum(map_build.manifest["rows"].values())
     assert mix[mix["segment"] == ALL]["customers"].sum() == rows
     np.testing.assert_allclose(mix[mix["segment"] == ALL].groupby("cutoff")["share"].sum(), 1.0)
     # The segments partition the base.
@@ -427,21 +416,21 @@ def test_journey_map_of_the_registered_model(map_dir: Path, build: FeatureBuild,
 
 
 @pytest.mark.integration
-def test_stage_assignments_score_whole_customers_of_a_sample(build: FeatureBuild) -> None:
+def test_stage_assignments_score_whole_customers_of_a_sample(map_build: FeatureBuild) -> None:
     def predict(data: FeatureData) -> np.ndarray:
         # Stage from the sequence length: a deterministic stand-in for a model.
         proba = np.zeros((len(data), len(STAGES)))
         proba[np.arange(len(data)), data.length % len(STAGES)] = 1.0
         return proba
 
-    frame = stage_assignments(predict, build, max_customers=40, seed=1, chunk_rows=100)
+    frame = stage_assignments(predict, map_build, max_customers=40, seed=1, chunk_rows=100)
     assert frame["customer_id"].nunique() == 40
-    rows = load_rows(build.path, None, columns=["customer_id", "cutoff", "seq_len"]).to_pandas()
+    rows = load_rows(map_build.path, None, columns=["customer_id", "cutoff", "seq_len"]).to_pandas()
     mine = rows[rows["customer_id"].isin(set(frame["customer_id"]))]
     assert len(frame) == len(mine)  # every cutoff of each sampled customer
     expected = np.asarray(STAGES)[mine["seq_len"].to_numpy() % len(STAGES)]
     assert frame["stage"].tolist() == expected.tolist()
-    assert frame.equals(stage_assignments(predict, build, max_customers=40, seed=1))
+    assert frame.equals(stage_assignments(predict, map_build, max_customers=40, seed=1))
 
 
 def _chromium() -> str:

@@ -1,5 +1,5 @@
 """The hindsight stage labels: hand-made customers whose stage is known, and a simulated shop whose latent
-stages are known (`features.simulate`), so that the rules are checked against the truth, not only against
+stages are known (`features.sim`), so that the rules are checked against the truth, not only against
 themselves."""
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from features.build import SPLITS, BuildConfig, build_features
 from features.encoder import prepare
 from features.labels import LabelConfig, hindsight_labels
 from features.schema import STAGES
+from features.snapshots import SPLITS
 from features.vocab import Vocabulary
 from tests.factories import events
 
@@ -216,26 +216,13 @@ def test_configs_features_yaml_lists_every_stage_setting_with_its_default() -> N
 MIN_AGREEMENT = 0.73
 
 
-@pytest.fixture(scope="module")
-def small_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from features.simulate import SimConfig, simulate
-
-    root = tmp_path_factory.mktemp("stage_shop")
-    simulate(SimConfig(n_customers=2_500, seed=3), root / "shop", progress=False)
-    build_features(
-        root / "shop" / "events",
-        root / "features",
-        BuildConfig(workers=1),
-        decisions=root / "shop" / "decisions.parquet",
-        progress=False,
-    )
-    return root / "shop", root / "features"
+# `stage_shop`: the 2,500-customer shop of tests/worlds.py.
 
 
-def test_labels_agree_with_the_simulators_latent_stage(small_shop: tuple[Path, Path]) -> None:
+def test_labels_agree_with_the_simulators_latent_stage(stage_shop: tuple[Path, Path]) -> None:
     from benchmarks.stage_labels import label_agreement
 
-    shop, features = small_shop
+    shop, features = stage_shop
     report = label_agreement(shop, features)
     assert report.agreement >= MIN_AGREEMENT
     # Lapsed non-buyers are at risk, not prospects.
@@ -246,10 +233,10 @@ def test_labels_agree_with_the_simulators_latent_stage(small_shop: tuple[Path, P
     assert min(counts.values()) > 0
 
 
-def test_every_split_of_the_small_shop_has_every_stage(small_shop: tuple[Path, Path]) -> None:
+def test_every_split_of_the_small_shop_has_every_stage(stage_shop: tuple[Path, Path]) -> None:
     import pyarrow.dataset as ds
 
-    _, features = small_shop
+    _, features = stage_shop
     rows = ds.dataset(features / "rows").to_table(columns=["stage", "split"]).to_pandas()
     assert set(rows["split"]) == set(SPLITS)
     by_split = rows.groupby("split")["stage"].agg(lambda s: set(s))

@@ -27,7 +27,7 @@ import papermill as pm
 import pytest
 
 from features.schema import STAGES
-from training.registry import CHALLENGER, CHAMPION, MODEL_NAME
+from predictor.registry import CHALLENGER, CHAMPION, MODEL_NAME
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPLORE, RETRAIN, REVIEW = "01-explore-journeys", "02-retrain-and-register", "03-review-and-promote"

@@ -9,20 +9,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmarks.online_retail import (
+from benchmarks.online_retail import main, run_benchmark
+from benchmarks.online_retail_protocol import (
     MARKER_END,
     MARKER_START,
     SEQUENCE,
     Settings,
     aligned_first_cutoff,
-    comparison_frame,
     label_overrides,
-    main,
-    markdown,
-    run_benchmark,
-    save_results,
     table_metrics,
     tasks,
+)
+from benchmarks.online_retail_report import (
+    comparison_frame,
+    markdown,
+    save_results,
     update_markdown,
     verdict,
 )

@@ -270,7 +270,7 @@ def test_the_offline_evaluation_reads_the_services_rule_file(tmp_path: Path) -> 
 
 def test_a_training_run_evaluates_policies_under_the_service_rules(tmp_path: Path) -> None:
     from features.policy import load_rules
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     assert TrainConfig().rule_config() == load_rules(Path("configs/serve.yaml"))
     custom = tmp_path / "serve.yaml"

@@ -16,47 +16,21 @@ import pytest
 import sqlalchemy
 from mlflow import MlflowClient
 
-from features.build import BuildConfig, build_features
-from features.simulate import SimConfig, simulate
 from predictor.pyfunc import JourneyPyfunc
-from tests.servers import MlflowServer, mlflow_server  # noqa: F401
+from predictor.registry import CHAMPION, MODEL_NAME, configure, load_registered
+from tests.servers import MlflowServer
 from training.data import FeatureBuild
-from training.registry import CHAMPION, MODEL_NAME, configure, load_by_alias, log_scorer
-from training.sequence import FitConfig, SequenceScorer, model_config_for
+from training.registry import log_scorer
+from training.sequence import SequenceScorer
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shop")
-    simulate(SimConfig(n_customers=400, days=60, n_items=100, seed=3), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def build(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureBuild:
-    out = tmp_path_factory.mktemp("features")
-    # Short label horizons leave room for train, valid and test cutoffs in 60 days.
-    labels = {"purchase_horizons": [5], "churn_days": 10, "next_items_days": 10}
-    encoder = {"max_len": 20}
-    config = BuildConfig.from_dict({"encoder": encoder, "labels": labels, "n_buckets": 1, "workers": 1})
-    build_features(shop / "events", out, config, decisions=shop / "decisions.parquet", progress=False)
-    return FeatureBuild.open(out)
-
-
-@pytest.fixture(scope="module")
-def scorer(build: FeatureBuild) -> SequenceScorer:
-    config = model_config_for(build, d_model=16, n_layers=1, dropout=0.0)
-    fit = FitConfig(max_epochs=1, patience=1, batch_size=256, lr=3e-3, seed=0)
-    return SequenceScorer(config, fit, progress=False).fit(build.split("train"), build.split("valid"))
+# `short_shop`, `short_build` and `short_scorer`: the short shop of tests/worlds.py.
 
 
 @pytest.fixture
-def server_store(
-    mlflow_server: MlflowServer,  # noqa: F811 (the imported fixture, requested by name)
-    monkeypatch: pytest.MonkeyPatch,
-) -> Iterator[MlflowServer]:
+def server_store(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[MlflowServer]:
     """The process's MLflow client pointed at the server, and pointed back afterwards."""
     previous = mlflow.get_tracking_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
@@ -76,19 +50,23 @@ def _busiest_customer(shop: Path) -> pd.DataFrame:
 
 
 def test_champion_loaded_from_a_postgres_backed_server_scores_as_in_memory(
-    scorer: SequenceScorer, build: FeatureBuild, shop: Path, server_store: MlflowServer, tmp_path: Path
+    short_scorer: SequenceScorer,
+    short_build: FeatureBuild,
+    short_shop: Path,
+    server_store: MlflowServer,
+    tmp_path: Path,
 ) -> None:
-    events = _busiest_customer(shop)
+    events = _busiest_customer(short_shop)
     with mlflow.start_run():
-        version = str(log_scorer(scorer, build.vocab, events))
+        version = str(log_scorer(short_scorer, short_build.vocab, events))
     client = MlflowClient()
     client.set_registered_model_alias(MODEL_NAME, CHAMPION, version)
     assert client.get_model_version_by_alias(MODEL_NAME, CHAMPION).version == version
 
     # On a features split, through our pyfunc class.
-    loaded = load_by_alias(CHAMPION)
-    test = build.split("test")
-    a, b = scorer.predict(test, k=10), loaded.predict_features(test, k=10)
+    loaded = load_registered(alias=CHAMPION).pyfunc
+    test = short_build.split("test")
+    a, b = short_scorer.predict(test, k=10), loaded.predict_features(test, k=10)
     assert a.stage_proba is not None
     assert b.stage_proba is not None
     np.testing.assert_allclose(a.stage_proba, b.stage_proba, rtol=1e-6)
@@ -98,7 +76,7 @@ def test_champion_loaded_from_a_postgres_backed_server_scores_as_in_memory(
     np.testing.assert_array_equal(a.top_items, b.top_items)
 
     # On raw events, through the generic pyfunc interface, against the same wrapper built locally.
-    scorer.to_predictor(build.vocab).save(tmp_path / "predictor")
+    short_scorer.to_predictor(short_build.vocab).save(tmp_path / "predictor")
     local = JourneyPyfunc()
     local.load_from(tmp_path / "predictor")
     raw = events.copy()
@@ -123,16 +101,20 @@ def test_champion_loaded_from_a_postgres_backed_server_scores_as_in_memory(
 
 
 def test_the_service_loads_its_champion_from_the_server(
-    scorer: SequenceScorer, build: FeatureBuild, shop: Path, server_store: MlflowServer, tmp_path: Path
+    short_scorer: SequenceScorer,
+    short_build: FeatureBuild,
+    short_shop: Path,
+    server_store: MlflowServer,
+    tmp_path: Path,
 ) -> None:
     from fastapi.testclient import TestClient
 
     from serving.app import create_app
     from serving.settings import ServeSettings
 
-    events = _busiest_customer(shop)
+    events = _busiest_customer(short_shop)
     with mlflow.start_run():
-        version = str(log_scorer(scorer, build.vocab, events))
+        version = str(log_scorer(short_scorer, short_build.vocab, events))
     MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION, version)
     settings = ServeSettings(
         tracking_uri=server_store.tracking_uri,

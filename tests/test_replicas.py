@@ -22,8 +22,7 @@ import yaml
 
 from features.schema import MESSAGE_ACTIONS
 from tests.servers import free_port
-from tests.serving_env import Served, served  # noqa: F401
-from tests.test_store import redis_url  # noqa: F401
+from tests.worlds import Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -57,8 +56,8 @@ def _call(port: int, method: str, path: str, body: dict[str, Any] | None = None)
 
 @pytest.fixture
 def replicas(
-    served: Served,  # noqa: F811
-    redis_url: str,  # noqa: F811
+    served: Served,
+    redis_url: str,
     tmp_path: Path,
     request: pytest.FixtureRequest,
 ) -> Iterator[list[int]]:
@@ -110,7 +109,7 @@ def replicas(
 
 
 @pytest.mark.parametrize("replicas", [CAPS_ONLY], indirect=True)
-def test_two_replicas_on_one_redis_hold_the_frequency_cap(replicas: list[int], served: Served) -> None:  # noqa: F811
+def test_two_replicas_on_one_redis_hold_the_frequency_cap(replicas: list[int], served: Served) -> None:
     customer = served.events["customer_id"].value_counts().index[0]
     history = served.events[served.events["customer_id"] == customer].tail(40)
     rows = [
@@ -141,7 +140,7 @@ def test_two_replicas_on_one_redis_hold_the_frequency_cap(replicas: list[int], s
 
 
 @pytest.mark.parametrize("replicas", [GREEDY], indirect=True)
-def test_fifty_requests_on_two_replicas_send_one_message(replicas: list[int], served: Served) -> None:  # noqa: F811
+def test_fifty_requests_on_two_replicas_send_one_message(replicas: list[int], served: Served) -> None:
     """The default rules (16 hours between messages, a cooldown per action) at the server's own clock: a
     burst of 50 requests for one customer, split between the replicas, sends at most one message."""
     clock = pd.Timestamp.now(tz="UTC")

@@ -20,12 +20,12 @@ from features.encoder import encode
 from features.policy import NO_SEND, eligibility, greedy_policy
 from features.schema import ACTIONS, MESSAGE_ACTIONS, SENT_MESSAGE_EVENTS, STAGES
 from features.validate import validate_events
+from predictor.registry import CHAMPION, MODEL_NAME
 from serving.model import LoadedModel, ModelManager
 from serving.service import CustomerRequest, Service, request_events
 from serving.settings import ServeSettings
 from serving.store import open_store
-from tests.serving_env import Served, served  # noqa: F401
-from training.registry import CHAMPION, MODEL_NAME
+from tests.worlds import Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -33,7 +33,7 @@ NOW = pd.Timestamp("2026-04-20T12:00:00Z")
 
 
 @pytest.fixture(scope="module")
-def model(served: Served) -> LoadedModel:  # noqa: F811
+def model(served: Served) -> LoadedModel:
     manager = ModelManager(MODEL_NAME, CHAMPION)
     manager.reload()
     assert manager.current is not None
@@ -48,7 +48,7 @@ def service_for(tmp_path: Path, model: LoadedModel, **overrides: Any) -> Service
     return Service(settings, open_store(f"sqlite:///{tmp_path / 'online.db'}", max_events=100_000), manager)
 
 
-def customers_with_history(served: Served, n: int) -> list[str]:  # noqa: F811
+def customers_with_history(served: Served, n: int) -> list[str]:
     e = served.events[served.events["ts"] < NOW]
     counts = e["customer_id"].value_counts()
     return sorted(counts[counts >= 3].index)[:n]
@@ -92,7 +92,7 @@ def reference(
     return {"pred": pred, "allowed": elig.allowed, "uplift": uplift, "greedy": greedy}
 
 
-def test_the_lean_path_answers_as_the_batch_path(tmp_path: Path, served: Served, model: LoadedModel) -> None:  # noqa: F811
+def test_the_lean_path_answers_as_the_batch_path(tmp_path: Path, served: Served, model: LoadedModel) -> None:
     customers = customers_with_history(served, 30)
     history = served.events[served.events["customer_id"].isin(customers) & (served.events["ts"] < NOW)]
     service = service_for(tmp_path, model)
@@ -133,7 +133,7 @@ def test_the_lean_path_answers_as_the_batch_path(tmp_path: Path, served: Served,
 
 def test_concurrent_requests_share_forwards_and_get_the_answers_they_get_alone(
     tmp_path: Path,
-    served: Served,  # noqa: F811
+    served: Served,
     model: LoadedModel,
 ) -> None:
     customers = customers_with_history(served, 24)

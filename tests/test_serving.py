@@ -22,15 +22,14 @@ from features.build import load_rows, padded_tokens
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS
 from features.policy import RuleConfig
 from features.schema import MESSAGE_ACTIONS, STAGES
+from predictor.registry import CHAMPION, MODEL_NAME
 from serving.app import create_app
 from serving.model import ModelManager, ModelRefused, load_version
 from serving.scoring import score_customers
 from serving.service import CustomerRequest, Service
 from serving.settings import ServeSettings
 from serving.store import open_store
-from tests.serving_env import Served, served  # noqa: F401
-from tests.test_store import redis_url  # noqa: F401
-from training.registry import CHAMPION, MODEL_NAME
+from tests.worlds import Served
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -62,7 +61,7 @@ def settings_for(**overrides: Any) -> ServeSettings:
 
 
 @pytest.fixture(scope="module")
-def manager(served: Served) -> ModelManager:  # noqa: F811
+def manager(served: Served) -> ModelManager:
     m = ModelManager(MODEL_NAME, CHAMPION)
     m.reload()
     assert m.current is not None
@@ -100,7 +99,7 @@ def event_rows(events: pd.DataFrame) -> list[dict[str, Any]]:
     return rows
 
 
-def post_history(client: TestClient, served: Served, customer: str) -> pd.DataFrame:  # noqa: F811
+def post_history(client: TestClient, served: Served, customer: str) -> pd.DataFrame:
     events = served.events[(served.events["customer_id"] == customer) & (served.events["ts"] < NOW)]
     rows = event_rows(events)
     for lo in range(0, len(rows), 500):
@@ -109,7 +108,7 @@ def post_history(client: TestClient, served: Served, customer: str) -> pd.DataFr
     return events
 
 
-def active_customers(served: Served, n: int) -> list[str]:  # noqa: F811
+def active_customers(served: Served, n: int) -> list[str]:
     e = served.events
     recent = e[(e["ts"] < NOW) & (e["ts"] > NOW - pd.Timedelta(days=30))]
     counts = recent["customer_id"].value_counts()
@@ -130,7 +129,7 @@ def ranked(answer: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_a_cart_moves_the_stage_toward_decision_and_makes_cart_abandonment_eligible(
     client: TestClient,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     item = served.build.vocab.tokens["item_id"][0]
     moved = []
@@ -193,7 +192,7 @@ def test_a_cart_moves_the_stage_toward_decision_and_makes_cart_abandonment_eligi
 
 def test_an_unsubscribed_customer_gets_no_send_with_the_consent_rule_named(
     client: TestClient,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     customer = active_customers(served, 1)[0]
     post_history(client, served, customer)
@@ -225,7 +224,7 @@ def test_an_unsubscribed_customer_gets_no_send_with_the_consent_rule_named(
 def test_the_frequency_cap_blocks_the_fourth_email_in_a_week(
     tmp_path: Path,
     manager: ModelManager,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     # Send whenever something is eligible (min_uplift -1), and without the gap and cooldowns (which would
     # stop the same action first), so the cap is what stops the fourth e-mail.
@@ -263,7 +262,7 @@ def ranked_blocked(nba: dict[str, Any]) -> set[str]:
 
 def test_feedback_and_erasure_leave_nothing_behind(
     client: TestClient,
-    served: Served,  # noqa: F811
+    served: Served,
     tmp_path: Path,
 ) -> None:
     customer = active_customers(served, 1)[0]
@@ -339,7 +338,7 @@ def test_keys_and_limits_answer_with_their_own_4xx(tmp_path: Path, manager: Mode
         assert 'route="/v1/events"' in metrics
 
 
-def test_batch_scoring_matches_single_scoring(client: TestClient, served: Served) -> None:  # noqa: F811
+def test_batch_scoring_matches_single_scoring(client: TestClient, served: Served) -> None:
     customers = active_customers(served, 5)
     for c in customers:
         post_history(client, served, c)
@@ -369,7 +368,7 @@ def test_batch_scoring_matches_single_scoring(client: TestClient, served: Served
 def test_the_online_path_and_the_feature_job_give_identical_model_inputs(
     tmp_path: Path,
     manager: ModelManager,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     rows = load_rows(served.build.path, "test").to_pandas()
     cutoff = rows["cutoff"].min()
@@ -404,7 +403,7 @@ def test_the_online_path_and_the_feature_job_give_identical_model_inputs(
 
 def test_moving_the_alias_swaps_the_model_and_a_broken_model_is_refused(
     tmp_path: Path,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     manager = ModelManager(MODEL_NAME, CHAMPION)
     manager.reload()
@@ -433,7 +432,7 @@ def test_moving_the_alias_swaps_the_model_and_a_broken_model_is_refused(
     served.register(served.scorer, CHAMPION)  # leave a good champion for the other tests
 
 
-def _broken_copy(served: Served) -> Any:  # noqa: F811
+def _broken_copy(served: Served) -> Any:
     import copy
 
     broken = copy.deepcopy(served.scorer)
@@ -466,7 +465,7 @@ def test_settings_name_unknown_keys_and_bad_values() -> None:
 
 def test_decisions_export_in_the_form_the_feature_job_reads(
     client: TestClient,
-    served: Served,  # noqa: F811
+    served: Served,
     tmp_path: Path,
 ) -> None:
     import pyarrow.parquet as pq
@@ -513,7 +512,7 @@ def test_shipped_serve_config_is_the_defaults() -> None:
 def test_control_customers_get_no_send_and_keep_the_intended_action(
     tmp_path: Path,
     manager: ModelManager,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     with make_client(tmp_path, manager, control_share=0.99, min_uplift=-1.0) as client:
         customers = active_customers(served, 4)
@@ -551,7 +550,7 @@ def signup(client: TestClient, customer: str, when: pd.Timestamp) -> None:
     assert r.status_code == 200, r.text
 
 
-def sendable_customer(client: TestClient, served: Served, when: pd.Timestamp) -> str:  # noqa: F811
+def sendable_customer(client: TestClient, served: Served, when: pd.Timestamp) -> str:
     """A customer (history and a signup posted) whom the rules allow an e-mail at `when`, found by
     previews, which record nothing."""
     for customer in active_customers(served, 12):
@@ -576,7 +575,7 @@ def test_the_same_call_a_minute_apart_sends_one_message(
     store_url: str,
     tmp_path: Path,
     manager: ModelManager,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     with make_client(tmp_path, manager, store_url, min_uplift=-1.0) as client:
         customer = sendable_customer(client, served, TEN)
@@ -594,7 +593,7 @@ def test_fifty_concurrent_decisions_on_two_replicas_send_one_message(
     store_url: str,
     tmp_path: Path,
     manager: ModelManager,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     with make_client(tmp_path, manager, store_url, min_uplift=-1.0) as client:
         customer = sendable_customer(client, served, TEN)
@@ -678,7 +677,7 @@ def test_consent_in_order_an_inline_unsubscribe_blocks_and_a_newer_inline_signup
     store_url: str,
     tmp_path: Path,
     manager: ModelManager,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     with make_client(tmp_path, manager, store_url, min_uplift=-1.0) as client:
         customer = sendable_customer(client, served, TEN)  # a signup is stored the day before
@@ -705,7 +704,7 @@ def test_a_preview_records_nothing(
     store_url: str,
     tmp_path: Path,
     manager: ModelManager,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     with make_client(tmp_path, manager, store_url, min_uplift=-1.0) as client:
         customer = sendable_customer(client, served, TEN)
@@ -742,7 +741,7 @@ def test_a_preview_records_nothing(
 def test_a_decision_from_the_future_through_the_library_keeps_the_send_history(
     store_url: str,
     manager: ModelManager,
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     # One kept event per customer, so that the send log alone remembers what was sent.
     settings = settings_for(store_url=store_url, min_uplift=-1.0, history_len=1)

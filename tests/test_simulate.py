@@ -1,7 +1,7 @@
 """Tests of the journey simulator: determinism, the event contract, realism, and that its truth is true.
 
 One small shop (2,500 customers, 91 days) is simulated once per module; the realism ranges are those of the
-module docstring of `features.simulate`.
+module docstring of `features.sim`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from features import schema
-from features.simulate import (
+from features.sim import (
     ACTIONS,
     LATENT_STAGES,
     LATENT_TO_STAGE,

@@ -1,5 +1,5 @@
 """The smoke test a version passes before it is served, and the manager's memory of refused versions, on the
-small trained model of `tests/serving_env.py` in a real registry (MLflow on SQLite)."""
+small trained model of `tests/worlds.py` in a real registry (MLflow on SQLite)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from features.vocab import FIRST
+from predictor.registry import MODEL_NAME
 from serving.model import (
     LoadedModel,
     ModelManager,
@@ -23,8 +24,7 @@ from serving.model import (
     load_version,
     smoke_samples,
 )
-from tests.serving_env import Served, served  # noqa: F401
-from training.registry import MODEL_NAME
+from tests.worlds import Served
 from training.sequence import SequenceScorer
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -48,7 +48,7 @@ def counting(calls: list[str]) -> Callable[..., LoadedModel]:
     return loader
 
 
-def test_nan_item_embeddings_of_all_items_but_one_are_refused(served: Served) -> None:  # noqa: F811
+def test_nan_item_embeddings_of_all_items_but_one_are_refused(served: Served) -> None:
     version = served.register(nan_items_but_one(served.scorer))
     with pytest.raises(ModelRefused, match="item embeddings not finite") as refused:
         load_version(MODEL_NAME, version, ALIAS)
@@ -59,7 +59,7 @@ def test_nan_item_embeddings_of_all_items_but_one_are_refused(served: Served) ->
     assert "not finite" in str(refused.value).split("item embeddings", 1)[1]
 
 
-def test_the_synthetic_customers_cover_the_whole_catalogue(served: Served) -> None:  # noqa: F811
+def test_the_synthetic_customers_cover_the_whole_catalogue(served: Served) -> None:
     loaded = load_version(MODEL_NAME, served.version, ALIAS)
     now = datetime.now(UTC)
     events = catalogue_events(loaded, now)
@@ -70,7 +70,7 @@ def test_the_synthetic_customers_cover_the_whole_catalogue(served: Served) -> No
 
 
 def test_a_sample_of_real_customers_is_scored_and_its_failure_does_not_refuse(
-    served: Served,  # noqa: F811
+    served: Served,
 ) -> None:
     customers = sorted(served.events["customer_id"].unique())[:5]
     sample = served.events[served.events["customer_id"].isin(customers)]
@@ -93,7 +93,7 @@ def test_a_sample_of_real_customers_is_scored_and_its_failure_does_not_refuse(
     )
 
 
-def test_a_refused_version_is_not_loaded_again_until_the_alias_moves(served: Served) -> None:  # noqa: F811
+def test_a_refused_version_is_not_loaded_again_until_the_alias_moves(served: Served) -> None:
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(MODEL_NAME, ALIAS, served.version)
     calls: list[str] = []
@@ -125,7 +125,7 @@ def test_a_refused_version_is_not_loaded_again_until_the_alias_moves(served: Ser
     assert manager.status.error is None
 
 
-def test_a_failed_download_is_retried(served: Served) -> None:  # noqa: F811
+def test_a_failed_download_is_retried(served: Served) -> None:
     client = mlflow.MlflowClient()
     client.set_registered_model_alias(MODEL_NAME, ALIAS, served.version)
     attempts: list[str] = []

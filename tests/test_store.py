@@ -8,12 +8,8 @@ and fail, rather than skip, where it is missing, so that CI never passes without
 from __future__ import annotations
 
 import multiprocessing as mp
-import shutil
-import socket
 import sqlite3
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -97,66 +93,7 @@ def decision(decision_id: str, customer: str, ts: datetime, action: str = "cart_
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Fixtures: a real redis-server per module, and one backend per test.
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throw-away redis-server on a free local port, without persistence."""
-    binary = shutil.which("redis-server") or shutil.which("redis-server", path="/usr/bin:/usr/sbin")
-    if binary is None:
-        pytest.fail(
-            "redis-server not found: the Redis store tests need a real server "
-            "(install the Debian package redis-server, as .ci/run does)"
-        )
-    workdir = tmp_path_factory.mktemp("redis")
-    port = _free_port()
-    log = workdir / "redis.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"redis-server did not start on port {port}: {log.read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield url
-    finally:
-        client.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+# Fixtures: one backend per test (Redis: a namespace of the session's `redis_url`).
 
 
 @dataclass

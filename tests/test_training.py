@@ -4,6 +4,7 @@ promotion gate refuses a worse candidate, and a small trained model behaves as a
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,51 +14,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from features.build import BuildConfig, build_features
+from features.build import build_features
 from features.encoder import AGGREGATE_NAMES, EncoderConfig, encode
 from features.policy import eligibility, greedy_policy
 from features.schema import ACTIONS, STAGES
-from features.simulate import SimConfig, simulate
+from features.snapshots import BuildConfig
 from predictor.pyfunc import INFERENCE_PACKAGES
+from predictor.registry import CHALLENGER, CHAMPION, MODEL_NAME, configure, load_registered
 from training.data import DEFAULT_TARGETS, FeatureBuild
-from training.registry import (
-    CHALLENGER,
-    CHAMPION,
-    GATE_METRICS,
-    MODEL_NAME,
-    GateConfig,
-    configure,
-    gate,
-    gate_metrics_for,
-    load_by_alias,
-    log_scorer,
-)
+from training.promote import promote
+from training.registry import GATE_METRICS, GateConfig, gate, gate_metrics_for, log_scorer
 from training.sequence import FitConfig, SequenceScorer, model_config_for
-from training.train import promote
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("shop")
-    simulate(SimConfig(n_customers=1_500, days=120, n_items=300, seed=3), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def build(shop: Path, tmp_path_factory: pytest.TempPathFactory) -> FeatureBuild:
-    out = tmp_path_factory.mktemp("features")
-    config = BuildConfig(encoder=EncoderConfig(max_len=20), n_buckets=1, workers=1)
-    build_features(shop / "events", out, config, decisions=shop / "decisions.parquet", progress=False)
-    return FeatureBuild.open(out)
-
-
-@pytest.fixture(scope="module")
-def scorer(build: FeatureBuild) -> SequenceScorer:
-    config = model_config_for(build, d_model=32, n_layers=1, dropout=0.0)
-    fit = FitConfig(max_epochs=10, patience=10, batch_size=256, lr=3e-3, seed=0)
-    return SequenceScorer(config, fit, progress=False).fit(build.split("train"), build.split("valid"))
+# `shop`, `build` and `scorer` (10 epochs) are the small shop's, in tests/worlds.py.
 
 
 @pytest.fixture
@@ -125,7 +97,7 @@ def test_logged_model_loaded_by_alias_gives_the_same_outputs(
     with mlflow.start_run():
         version = log_scorer(scorer, build.vocab, events.head(20))
     mlflow.MlflowClient().set_registered_model_alias(MODEL_NAME, CHAMPION, str(version))
-    loaded = load_by_alias(CHAMPION)
+    loaded = load_registered(alias=CHAMPION).pyfunc
     test = build.split("test")
     a, b = scorer.predict(test, k=10), loaded.predict_features(test, k=10)
     assert a.stage_proba is not None
@@ -435,13 +407,79 @@ def test_torchrun_two_processes_train_and_register_once(build: FeatureBuild, tmp
 
 
 def test_shipped_train_config_loads_and_names_unknown_keys(tmp_path: Path) -> None:
-    from training.train import TrainConfig
+    from training.config import TrainConfig
 
     shipped = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
     config = TrainConfig.load(shipped, {"fit.max_epochs": 2})
     assert config.fit_config().max_epochs == 2
-    assert config.model["encoder"] == "gru"
+    assert config.model.encoder == "gru"
     bad = tmp_path / "bad.yaml"
     bad.write_text("epochs: 3\n")
     with pytest.raises(ValueError, match="epochs"):
         TrainConfig.load(bad)
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ({"fit.epoch": 3}, "unknown fit setting(s): fit.epoch"),
+        ({"model.d_modle": 8}, "unknown model setting(s): model.d_modle"),
+        ({"model.max_len": 8}, "unknown model setting(s): model.max_len"),  # the build's, not a setting
+        ({"baselines.lightgbm.leaves": 3}, "unknown baselines setting(s): baselines.lightgbm"),
+        ({"journey_map.max_customer": 3}, "unknown journey_map setting(s): journey_map.max_customer"),
+        ({"fit.loss_weights": [1, 2]}, "fit.loss_weights"),
+        ({"baselines.calibration": "sigmoid"}, "baselines.calibration"),
+    ],
+)
+def test_a_typo_in_any_section_is_one_line_naming_the_key(override: dict[str, object], named: str) -> None:
+    from training.config import TrainConfig
+
+    shipped = Path(__file__).resolve().parents[1] / "configs" / "train.yaml"
+    with pytest.raises(ValueError, match=re.escape(named)) as caught:
+        TrainConfig.load(shipped, override)
+    assert "\n" not in str(caught.value)
+
+
+def test_the_settings_default_to_what_the_fitting_code_defaults_to() -> None:
+    from dataclasses import asdict, fields
+
+    from predictor.model import ModelConfig
+    from training.baselines import BaselineConfig
+    from training.config import BaselineSettings, FitSettings, GateSettings, ModelSettings, TrainConfig
+    from training.registry import GATE_SETTINGS, GateConfig
+
+    assert FitSettings().model_dump() == asdict(FitConfig())
+    from_build = {"token_sizes", "n_items", "n_aggregates", "max_len", "targets"}
+    model = {f.name for f in fields(ModelConfig)} - from_build
+    assert ModelSettings().model_dump() == {k: v for k, v in asdict(ModelConfig()).items() if k in model}
+    assert BaselineSettings().model_dump(exclude={"enabled"}) == asdict(BaselineConfig())
+    assert set(GateSettings.model_fields) == GATE_SETTINGS
+    config = TrainConfig()
+    assert config.gate_config() == GateConfig()
+    assert config.baseline_config() == BaselineConfig()
+    # The run logs the sections as given (what `promote` reads back of the baselines), the rest whole.
+    given = TrainConfig(fit={"max_epochs": 2}, register=False).logged()
+    assert given["fit"] == {"max_epochs": 2}
+    assert given["baselines"] == {}
+    assert given["register"] is False
+    assert given["ks"] == (5, 10, 20, 50)
+
+
+@pytest.mark.parametrize(("fault", "status"), [(KeyboardInterrupt, "KILLED"), (RuntimeError, "FAILED")])
+def test_a_run_that_stops_is_marked_so_never_left_running(
+    fault: type[BaseException], status: str, build: FeatureBuild, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from training.config import TrainConfig
+    from training.train import train
+
+    def stopped(self: SequenceScorer, train: object, valid: object) -> SequenceScorer:
+        raise fault("stopped while fitting")
+
+    monkeypatch.setattr(SequenceScorer, "fit", stopped)
+    config = TrainConfig(features=str(build.path), experiment="stopped", baselines={"enabled": False},
+                         n_boot=0, journey_map={"enabled": False})  # fmt: skip
+    with pytest.raises(fault):
+        train(config, progress=False)
+    assert mlflow.active_run() is None
+    runs = mlflow.search_runs(experiment_names=["stopped"])
+    assert list(runs["status"]) == [status]

@@ -9,10 +9,9 @@ import pyarrow as pa
 import pytest
 
 from features import schema
-from features.adapters import read_generic, validate_raw
+from features.rejects import REJECT_COLUMNS, Reason
+from features.sources import read_generic, validate_raw
 from features.validate import (
-    REJECT_COLUMNS,
-    Reason,
     RejectRatioExceeded,
     ValidationResult,
     ValidationSummary,

@@ -2,8 +2,8 @@
 
 `evaluate(pred, data, ...)` scores what a `Scorer` predicted on a split and returns an `EvaluationResult`:
 a flat dict of metrics with stable, MLflow-valid names, the row-level data behind them (for paired
-comparisons between scorers on the same rows), and the data of the plots (`training.plots`). Heads a scorer
-does not have are skipped. `results_table` puts several results side by side.
+comparisons between scorers on the same rows), and the data of the plots (`reports.plots`). Heads a scorer
+does not have are skipped. `training.results` compares results and puts several side by side.
 
 Metric names (K in `ks`, <t> a propensity target, <s> a stage, <p> a policy, <e> an estimator); a name with
 an interval also has `<name>_lo` and `<name>_hi` (95 % percentile bootstrap over rows by default):
@@ -30,9 +30,8 @@ an interval also has `<name>_lo` and `<name>_hi` (95 % percentile bootstrap over
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,13 +44,12 @@ import pyarrow.parquet as pq
 from features.encoder import MS_PER_DAY
 from features.policy import NO_SEND, RuleConfig, eligibility
 from features.schema import STAGES
-from features.simulate import LATENT_TO_STAGE
+from features.sim import LATENT_TO_STAGE
 from features.vocab import FIRST
-from stats import Interval, RowStatistic, bootstrap_means
+from stats import RowStatistic, bootstrap_means
 from training.data import FeatureData
 from training.interface import Predictions
 from training.metrics import (
-    ReliabilityCurve,
     accuracy,
     average_precision,
     catalogue_coverage,
@@ -83,22 +81,7 @@ from training.ope import (
     true_logging_value,
     true_policy_value,
 )
-
-# MLflow's rule for metric keys (mlflow.utils.validation, the stricter Windows variant: no colon).
-_VALID_NAME = re.compile(r"^[/\w.\- ]+$")
-_LO, _HI = "_lo", "_hi"
-# Metrics that count rows, shown without decimals.
-_COUNTS = ("n_rows", "n_decisions")
-
-
-def is_valid_metric_name(name: str) -> bool:
-    """True if MLflow accepts `name` as a metric key on every platform.
-
-    Letters, digits, `_ - . /` and spaces, and no path tricks ("a//b", "./a", "a/", leading "/").
-    """
-    import posixpath
-
-    return bool(_VALID_NAME.match(name)) and posixpath.normpath(name) == name and not name.startswith("/")
+from training.results import EvaluationResult, is_valid_metric_name
 
 
 @dataclass
@@ -155,66 +138,6 @@ def load_sim_truth(shop: Path, features: Path, split: str, data: FeatureData | N
     merged = keys.merge(stages, on=["customer_id", "day"], how="left", validate="many_to_one")
     stage = merged["stage"].fillna(-1).to_numpy().astype(np.int64)
     return SimTruth(stage=stage, p_convert=p_convert)
-
-
-@dataclass
-class PlotData:
-    """What the plots of one scorer need.
-
-    Attributes:
-        confusion: (S, S) counts, hindsight stage (rows) vs predicted (columns).
-        confusion_true: (S, S) counts against the latent stage (simulated data).
-        reliability: target -> calibration curve.
-        recall_at_k: K -> Recall@K with its interval.
-        policy_values: estimator -> policy -> Interval (logging under "value").
-        true_values: policy -> true value (simulated data).
-    """
-
-    confusion: np.ndarray | None = None
-    confusion_true: np.ndarray | None = None
-    reliability: dict[str, ReliabilityCurve] = field(default_factory=dict)
-    recall_at_k: dict[int, Interval] = field(default_factory=dict)
-    policy_values: dict[str, dict[str, Interval]] = field(default_factory=dict)
-    true_values: dict[str, float] = field(default_factory=dict)
-
-
-@dataclass
-class EvaluationResult:
-    """The evaluation of one scorer on one split.
-
-    Attributes:
-        name: the scorer's name (a column of `results_table`).
-        metrics: metric name -> value (see the module doc for the names).
-        rows: metric name -> the row-level data and statistic behind it, for `compare`.
-        plots: data for `training.plots`.
-        info: anything that is not a number (the best constant action, skipped K, row counts).
-    """
-
-    name: str
-    metrics: dict[str, float] = field(default_factory=dict)
-    rows: dict[str, RowStatistic] = field(default_factory=dict)
-    plots: PlotData = field(default_factory=PlotData)
-    info: dict[str, Any] = field(default_factory=dict)
-
-    def interval(self, metric: str) -> Interval:
-        """The metric with its interval (NaN bounds where it has none)."""
-        return Interval(
-            self.metrics[metric],
-            self.metrics.get(metric + _LO, float("nan")),
-            self.metrics.get(metric + _HI, float("nan")),
-        )
-
-    def as_metrics(self, prefix: str = "") -> dict[str, float]:
-        """The finite metrics, names prefixed (e.g. "popularity/"), ready for `mlflow.log_metrics`."""
-        return {prefix + k: float(v) for k, v in self.metrics.items() if np.isfinite(v)}
-
-    def _put(self, name: str, value: float | Interval) -> None:
-        if isinstance(value, Interval):
-            self.metrics[name] = value.point
-            self.metrics[name + _LO] = value.lo
-            self.metrics[name + _HI] = value.hi
-        else:
-            self.metrics[name] = float(value)
 
 
 def evaluate(
@@ -282,10 +205,10 @@ def _stage(
     }
     for metric, stat in stats.items():
         result.rows[f"{prefix}/{metric}"] = stat
-        result._put(f"{prefix}/{metric}", stat.ci(**boot))
+        result.put(f"{prefix}/{metric}", stat.ci(**boot))
     for s, f1 in zip(STAGES, f1_per_class(y, y_hat, n_classes), strict=True):
-        result._put(f"{prefix}/f1/{s}", f1)
-    result._put(f"{prefix}/n_rows", len(y))
+        result.put(f"{prefix}/f1/{s}", f1)
+    result.put(f"{prefix}/n_rows", len(y))
     confusion = confusion_matrix(y, y_hat, n_classes)
     if prefix == "stage":
         result.plots.confusion = confusion
@@ -329,10 +252,10 @@ def _propensity(
     for metric, stat in stats.items():
         result.rows[f"{target}/{metric}"] = stat
         sorted_stat = RowStatistic((y[order], p[order]), stat.statistic)
-        result._put(f"{target}/{metric}", sorted_stat.ci(**boot))
-    result._put(f"{target}/base_rate", float(y.mean()) if len(y) else float("nan"))
-    result._put(f"{target}/mean_predicted", float(p.mean()) if len(p) else float("nan"))
-    result._put(f"{target}/n_rows", len(y))
+        result.put(f"{target}/{metric}", sorted_stat.ci(**boot))
+    result.put(f"{target}/base_rate", float(y.mean()) if len(y) else float("nan"))
+    result.put(f"{target}/mean_predicted", float(p.mean()) if len(p) else float("nan"))
+    result.put(f"{target}/n_rows", len(y))
     result.plots.reliability[target] = reliability_curve(y, p, n_bins)
 
 
@@ -356,14 +279,14 @@ def _recommendations(
     for part, rel in (("rec/", relevant), ("rec/repeat/", repeat), ("rec/explore/", explore)):
         for metric, values in ranking_metrics(top_items, rel, usable).items():
             per_row[part + metric] = values
-        result._put(part + "n_rows", int(sum(len(r) > 0 for r in rel)))
+        result.put(part + "n_rows", int(sum(len(r) > 0 for r in rel)))
     intervals = bootstrap_means(per_row, **boot)
     for metric, values in per_row.items():
         result.rows[metric] = RowStatistic((values,))
-        result._put(metric, intervals[metric])
+        result.put(metric, intervals[metric])
     recommendable = np.where(top_items >= FIRST, top_items, -1)  # padding / unknown ids cover nothing
     for k in usable:
-        result._put(f"rec/coverage_at_{k}", catalogue_coverage(recommendable, k, catalogue_size))
+        result.put(f"rec/coverage_at_{k}", catalogue_coverage(recommendable, k, catalogue_size))
         result.plots.recall_at_k[k] = intervals[f"rec/recall_at_{k}"]
 
 
@@ -393,7 +316,7 @@ def _policies(
     best = max(constants, key=lambda a: estimator_terms("snips", logged, constants[a]).value())
     policies["best_constant"] = constants[best]
     result.info["best_constant_action"] = best
-    result._put("policy/n_decisions", len(logged))
+    result.put("policy/n_decisions", len(logged))
 
     p_convert = None if truth is None else truth.p_convert[rows]
     estimators = [e for e in ESTIMATORS if q_hat is not None or e in ("ips", "snips")]
@@ -403,22 +326,22 @@ def _policies(
         for e, stat in terms[policy].items():
             value = stat.ci(**boot)
             result.rows[f"policy/{policy}/{e}"] = stat
-            result._put(f"policy/{policy}/{e}", value)
+            result.put(f"policy/{policy}/{e}", value)
             result.plots.policy_values.setdefault(e, {})[policy] = value
         w = importance_weights(logged, pi)
-        result._put(f"policy/{policy}/ess", effective_sample_size(w) / len(w))
-        result._put(f"policy/{policy}/send_rate", send_rate(pi))
+        result.put(f"policy/{policy}/ess", effective_sample_size(w) / len(w))
+        result.put(f"policy/{policy}/send_rate", send_rate(pi))
         if p_convert is not None:
-            result._put(f"policy/{policy}/true_value", true_policy_value(pi, p_convert))
+            result.put(f"policy/{policy}/true_value", true_policy_value(pi, p_convert))
             result.plots.true_values[policy] = result.metrics[f"policy/{policy}/true_value"]
 
     logging = logging_terms(logged)
     result.rows["policy/logging/value"] = logging
-    result._put("policy/logging/value", logging.ci(**boot))
-    result._put("policy/logging/send_rate", float(np.mean(logged.action != NO_SEND)))
+    result.put("policy/logging/value", logging.ci(**boot))
+    result.put("policy/logging/send_rate", float(np.mean(logged.action != NO_SEND)))
     result.plots.policy_values.setdefault("value", {})["logging"] = result.interval("policy/logging/value")
     if p_convert is not None:
-        result._put("policy/logging/true_value", true_logging_value(logged.action, p_convert))
+        result.put("policy/logging/true_value", true_logging_value(logged.action, p_convert))
         result.plots.true_values["logging"] = result.metrics["policy/logging/true_value"]
 
     if "learned" in policies:
@@ -428,93 +351,10 @@ def _policies(
                 if e not in learned:
                     continue
                 base = logging if other == "logging" else terms[other][e]
-                result._put(f"policy/learned_minus_{other}/{e}", learned[e].minus(base, **boot))
+                result.put(f"policy/learned_minus_{other}/{e}", learned[e].minus(base, **boot))
             if p_convert is not None:
-                result._put(
+                result.put(
                     f"policy/learned_minus_{other}/true_value",
                     result.metrics["policy/learned/true_value"]
                     - result.metrics[f"policy/{other}/true_value"],
                 )
-
-
-# --------------------------------------------------------------------------------------------------------
-# Several scorers
-
-
-def compare(
-    a: EvaluationResult,
-    b: EvaluationResult,
-    metric: str,
-    *,
-    n_boot: int = 200,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> Interval:
-    """metric(a) - metric(b) with a paired bootstrap interval over the same rows.
-
-    Args:
-        a: one scorer's result.
-        b: another's, on the same split.
-        metric: a name in both results' `rows` (metrics with row-level data; not coverage or counts).
-
-    Raises:
-        KeyError: a result lacks the metric's row-level data.
-        ValueError: the two were evaluated on different rows.
-    """
-    return a.rows[metric].minus(b.rows[metric], n_boot=n_boot, seed=seed, alpha=alpha)
-
-
-def _base_names(results: Sequence[EvaluationResult]) -> list[str]:
-    names: dict[str, None] = {}
-    for r in results:
-        for k in r.metrics:
-            if not (k.endswith(_LO) or k.endswith(_HI)) or k[:-3] not in r.metrics:
-                names[k] = None
-    return list(names)
-
-
-def results_table(
-    results: Sequence[EvaluationResult],
-    metrics: Sequence[str] | None = None,
-    *,
-    digits: int = 4,
-) -> pd.DataFrame:
-    """Scorers side by side: one row per metric, one column per scorer, cells "value [lo, hi]".
-
-    Args:
-        results: the scorers' results (their names become the columns).
-        metrics: the rows, in order (default: every metric of any result, `_lo` / `_hi` folded in).
-        digits: decimals shown.
-
-    Returns:
-        A frame of strings ("" where a scorer lacks the metric), index named "metric".
-    """
-    names = list(metrics) if metrics is not None else _base_names(results)
-
-    def cell(r: EvaluationResult, m: str) -> str:
-        if m not in r.metrics or not np.isfinite(r.metrics[m]):
-            return "" if m not in r.metrics else "nan"
-        v = r.metrics[m]
-        text = f"{int(v):d}" if m.endswith(_COUNTS) else f"{v:.{digits}f}"
-        lo, hi = r.metrics.get(m + _LO), r.metrics.get(m + _HI)
-        if lo is not None and hi is not None and np.isfinite(lo) and np.isfinite(hi):
-            text += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
-        return text
-
-    columns = {}
-    for r in results:
-        column = r.name
-        i = 2
-        while column in columns:  # two results of the same name stay apart
-            column, i = f"{r.name} ({i})", i + 1
-        columns[column] = [cell(r, m) for m in names]
-    return pd.DataFrame(columns, index=pd.Index(names, name="metric"))
-
-
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A frame of strings as a GitHub Markdown table (index as the first column)."""
-    header = [str(frame.index.name or ""), *map(str, frame.columns)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    for idx, row in frame.iterrows():
-        lines.append("| " + " | ".join([str(idx), *(str(v) for v in row)]) + " |")
-    return "\n".join(lines)

@@ -31,17 +31,12 @@ from predictor.pyfunc import ARTIFACT, JourneyPyfunc, inference_requirements
 from predictor.registry import (
     CHALLENGER,
     CHAMPION,
-    DEFAULT_TRACKING_URI,
     MODEL_NAME,
-    configure,
-    load_registered,
-    tracking_uri,
+    registered_version,
 )
 from training.sequence import SequenceScorer
 
 log = logging.getLogger(__name__)
-
-__all__ = ["CHALLENGER", "CHAMPION", "DEFAULT_TRACKING_URI", "MODEL_NAME", "configure", "tracking_uri"]
 
 GATE_METRICS: tuple[str, ...] = (
     "stage/macro_f1",
@@ -98,11 +93,6 @@ def log_scorer(scorer: SequenceScorer, vocab: Vocabulary, example_events: pd.Dat
     version = info.registered_model_version
     MlflowClient().set_registered_model_alias(MODEL_NAME, CHALLENGER, str(version))
     return version
-
-
-def load_by_alias(alias: str = CHAMPION) -> JourneyPyfunc:
-    """The registered model behind an alias, as our pyfunc class."""
-    return load_registered(MODEL_NAME, alias=alias).pyfunc
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -425,11 +415,11 @@ def resolve_version(candidate: str) -> str:
     """A version number, or the version behind an alias."""
     if candidate.isdigit():
         return candidate
-    return str(MlflowClient().get_model_version_by_alias(MODEL_NAME, candidate).version)
+    return str(registered_version(MODEL_NAME, alias=candidate).version)
 
 
 def champion_version() -> str | None:
     try:
-        return str(MlflowClient().get_model_version_by_alias(MODEL_NAME, CHAMPION).version)
+        return str(registered_version(MODEL_NAME, alias=CHAMPION).version)
     except MlflowException:
         return None
