@@ -124,13 +124,20 @@ dec AS (
     FROM {decisions}
 ),
 
--- Rows: a customer at a cutoff when active (any event) in the `active_within_days` before it, or when a
--- decision was logged for them at it (the decision's cutoff is the last one at or before it, if the
--- decision came within `decision_window_days`). Cutoffs are midnights, so customer-days suffice.
+-- Rows: a customer at a cutoff when active (an event of their own, not a message the shop sent) in the
+-- `active_within_days` before it, or, in a split not in `active_only_splits`, with any event before it;
+-- or when a decision was logged for them at it (the decision's cutoff is the last one at or before it, if
+-- the decision came within `decision_window_days`). Cutoffs are midnights, so customer-days suffice.
 active AS (
     SELECT DISTINCT d.customer_id, p.cutoff_ms
-    FROM (SELECT DISTINCT customer_id, ts_ms // 86400000 * 86400000 AS day_ms FROM ev) d
-    JOIN plan p ON p.cutoff_ms > d.day_ms AND p.cutoff_ms <= d.day_ms + ms_days({active_within_days})
+    FROM (
+        SELECT DISTINCT customer_id, ts_ms // 86400000 * 86400000 AS day_ms,
+            event_type NOT IN ('email_sent', 'sms_sent') AS own
+        FROM ev
+    ) d
+    JOIN plan p ON p.cutoff_ms > d.day_ms
+        AND ((d.own AND p.cutoff_ms <= d.day_ms + ms_days({active_within_days}))
+            OR p.split NOT IN ({active_only_splits}))
 ),
 logged AS (
     SELECT DISTINCT d.customer_id, p.cutoff_ms
@@ -167,6 +174,7 @@ agg AS (
         row_id,
         -- Inputs: events before the cutoff, over all history or in the last n days.
         count(*) FILTER (rel < 0) AS n_before,
+        max(rel) FILTER (rel < 0 AND act) AS last_act_rel,
         count(*) FILTER (rel < 0 AND act) AS n_events,
         count(*) FILTER (within(rel, -28, 0) AND act) AS n_events_28d,
         count(*) FILTER (rel < 0 AND pur) AS n_purchases,
@@ -257,6 +265,13 @@ SELECT
     r.customer_id,
     make_timestamptz(r.cutoff_ms * 1000) AS cutoff,
     r.split,
+    -- Segment: new (first event recent, or none before the cutoff), else active (an event of their own in
+    -- the window), else lapsed.
+    CASE
+        WHEN a.first_rel IS NULL OR a.first_rel >= -ms_days({new_within_days}) THEN 'new'
+        WHEN a.last_act_rel >= -ms_days({active_within_days}) THEN 'active'
+        ELSE 'lapsed'
+    END AS segment,
     least(a.n_before, {max_len})::INTEGER AS seq_len,
     list_transform(last_events(h.tokens, a.n_before), lambda x: x.event_type) AS tok_event_type,
     list_transform(last_events(h.tokens, a.n_before), lambda x: x.item_id) AS tok_item_id,

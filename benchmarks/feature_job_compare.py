@@ -17,6 +17,7 @@ from features.snapshots import SPLITS
 # Columns compared exactly, and those compared within a float tolerance.
 EXACT_COLUMNS: tuple[str, ...] = (
     "split",
+    "segment",
     "seq_len",
     *(f"tok_{name}" for name in TOKEN_FIELDS),
     "purchase_7d",

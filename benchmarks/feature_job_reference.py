@@ -99,6 +99,9 @@ def render_query(
         "never_days": f"{float(NEVER_DAYS)!r}::DOUBLE",
         "max_len": str(config.encoder.max_len),
         "active_within_days": str(config.active_within_days),
+        # A split name never is '': the list is never empty.
+        "active_only_splits": ", ".join(_sql_str(s) for s in ("", *config.active_only_splits)),
+        "new_within_days": str(config.new_within_days),
         "decision_window_days": str(labels.decision_window_days),
         "pairs_days": str(pairs_days),
         "decision_days": str(labels.decision_days),

@@ -32,10 +32,18 @@ Protocol:
    everyone Mens, send everyone Womens, no e-mail, random uniform and the logging policy (its observed
    mean). Then paired bootstrap intervals of (learned policy - best constant policy): the best constant
    is picked by its IPS point value on all rows, which favours it slightly.
+4. Fitted on one file, evaluated on another (`--train A.csv --test B.csv`, or one file split with
+   `--split-test-share 0.3`): steps 1 to 3 as above on the train population, and beside them every learner
+   and policy (feature design, thresholds and DR's reward model included) fitted once on all of the train
+   population and evaluated on the test population, with the same estimators, intervals and paired
+   differences. No fit ever sees a test row. The split is deterministic: a row is a test row when sha256
+   of `hillstrom-split-{split seed}` and its row id (its position in the file, from 0) read as a number in
+   [0, 1) is below the share (`hillstrom_data.split_by_row_id`), the rule of the service's control group.
 
 Usage:
-    .venv/bin/python -m benchmarks.hillstrom [--data CSV] [--outcome conversion [visit spend]] [--folds 5]
-        [--inner-folds 3] [--seed 0] [--n-boot 1000] [--json PATH] [--markdown BENCHMARKS.md]
+    .venv/bin/python -m benchmarks.hillstrom [--data CSV | --train CSV --test CSV] [--split-test-share 0.3]
+        [--split-seed 0] [--outcome conversion [visit spend]] [--folds 5] [--inner-folds 3] [--seed 0]
+        [--n-boot 1000] [--json PATH] [--markdown BENCHMARKS.md]
 
 The pieces: `benchmarks.hillstrom_data` (the file, the arms, the uplift, the features),
 `benchmarks.hillstrom_learners`, `benchmarks.hillstrom_policies` (cross-fitting, thresholds),
@@ -53,6 +61,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 
 from benchmarks._harness import REPO, RESULTS, add_markdown, add_seed, command_line, make_parser, write_json
@@ -65,9 +74,10 @@ from benchmarks.hillstrom_data import (
     arm_rates,
     arm_shares,
     load_hillstrom,
+    split_by_row_id,
     uplift_table,
 )
-from benchmarks.hillstrom_estimates import BenchmarkResult, OutcomeResult, evaluate_outcome
+from benchmarks.hillstrom_estimates import BenchmarkResult, HeldOut, OutcomeResult, evaluate_outcome
 from benchmarks.hillstrom_learners import LGBMParams, NetParams
 from benchmarks.hillstrom_report import markdown, to_json, update_markdown
 
@@ -79,6 +89,9 @@ def run_benchmark(
     path: Path | str,
     outcomes: Sequence[str] = ("conversion",),
     *,
+    test: Path | str | None = None,
+    split_test_share: float | None = None,
+    split_seed: int = 0,
     folds: int = 5,
     inner_folds: int = 3,
     seed: int = 0,
@@ -92,40 +105,52 @@ def run_benchmark(
     """Reads the file, measures the uplift per e-mail and evaluates the policies for each outcome.
 
     Args:
-        refit_seeds: further seeds with which the plain learned policies are cross-fitted again (other
-            folds, initialisations and inner splits; no conservative policies, no bootstrap), to show how
-            much their value moves with the fitting alone.
+        path: the file; the train population when `test` or `split_test_share` is given.
+        test: a second file: the policies are also fitted on `path` and evaluated on it.
+        split_test_share: split `path` (`split_by_row_id` with `split_seed`) into the train population and
+            a test population of about this share instead of reading a second file.
+        refit_seeds: further seeds with which the plain learned policies are fitted again (other folds,
+            initialisations and inner splits; no conservative policies, no bootstrap), to show how much
+            their value moves with the fitting alone.
         (the others as in `evaluate_outcome`.)
+
+    Raises:
+        ValueError: both `test` and `split_test_share`, or a share outside (0, 1).
     """
+    if test is not None and split_test_share is not None:
+        raise ValueError("give a test file or a test share to split off, not both")
     start = time.perf_counter()
     frame = load_hillstrom(path)
-    lgbm, net = lgbm or LGBMParams(), net or NetParams()
-    results = []
-    for o in outcomes:
-        result = evaluate_outcome(
-            frame,
-            o,
-            folds=folds,
-            inner_folds=inner_folds,
-            seed=seed,
-            n_boot=n_boot,
-            lgbm=lgbm,
-            net=net,
-            log=log,
+    data = _display_path(Path(path))
+    test_frame: pd.DataFrame | None = None
+    if test is not None:
+        test_frame = load_hillstrom(test)
+        words = (f"`{data}`", f"`{_display_path(Path(test))}`", "")
+    elif split_test_share is not None:
+        frame, test_frame = split_by_row_id(frame, split_test_share, split_seed)
+        split = (
+            f"`{data}` split by a seeded hash of the row id (sha256 of `hillstrom-split-{split_seed}` and "
+            f"the row's position in the file; test share {split_test_share:g}, split seed {split_seed})"
         )
-        result.refits = [refit_summary(result, seed)]
-        for s in refit_seeds:
-            if log:
-                log(f"{o}: refit with seed {s}")
-            again = evaluate_outcome(
-                frame, o, folds=folds, inner_folds=0, seed=s, n_boot=0, lgbm=lgbm, net=net, log=None
-            )
-            result.refits.append(refit_summary(again, s, versus=result.best_constant))
-        results.append(result)
+        words = ("its train rows", "its test rows", split)
+    lgbm, net = lgbm or LGBMParams(), net or NetParams()
+    kwargs: dict[str, Any] = {
+        "folds": folds,
+        "inner_folds": inner_folds,
+        "lgbm": lgbm,
+        "net": net,
+        "refit_seeds": refit_seeds,
+    }
+    results = [_evaluate(frame, o, None, seed, n_boot, log, **kwargs) for o in outcomes]
+    heldout = None
+    if test_frame is not None:
+        held = [_evaluate(frame, o, test_frame, seed, n_boot, log, **kwargs) for o in outcomes]
+        train_words, test_words, split_words = words
+        heldout = HeldOut(train_words, test_words, split_words, len(test_frame), arm_shares(test_frame), held)
     return BenchmarkResult(
         command=command,
         date=dt.date.today().isoformat(),
-        data=_display_path(Path(path)),
+        data=data,
         rows=len(frame),
         shares=arm_shares(frame),
         rates=arm_rates(frame, n_boot=n_boot, seed=seed),
@@ -140,7 +165,34 @@ def run_benchmark(
             "model": asdict(net),
         },
         seconds=time.perf_counter() - start,
+        heldout=heldout,
     )
+
+
+def _evaluate(
+    frame: pd.DataFrame,
+    outcome: str,
+    test: pd.DataFrame | None,
+    seed: int,
+    n_boot: int,
+    log: Callable[[str], None] | None,
+    *,
+    refit_seeds: Sequence[int],
+    **settings: Any,
+) -> OutcomeResult:
+    """`evaluate_outcome` with its refits: cross-fitted on `frame`, or fitted on it and evaluated on
+    `test`."""
+    where = "" if test is None else " (fitted on the train population, evaluated on the test population)"
+    result = evaluate_outcome(frame, outcome, seed=seed, n_boot=n_boot, test=test, log=log, **settings)
+    result.refits = [refit_summary(result, seed)]
+    for s in refit_seeds:
+        if log:
+            log(f"{outcome}: refit with seed {s}{where}")
+        again = evaluate_outcome(
+            frame, outcome, seed=s, n_boot=0, test=test, log=None, **{**settings, "inner_folds": 0}
+        )
+        result.refits.append(refit_summary(again, s, versus=result.best_constant))
+    return result
 
 
 def refit_summary(result: OutcomeResult, seed: int, versus: str | None = None) -> dict[str, Any]:
@@ -172,7 +224,22 @@ def _display_path(path: Path) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     p = make_parser(__doc__, summary=True)
-    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Hillstrom CSV export")
+    p.add_argument(
+        "--data", type=Path, default=None, help=f"the Hillstrom CSV export (default {DEFAULT_DATA})"
+    )
+    p.add_argument(
+        "--train", type=Path, default=None, help="cross-fit on this file, and fit on it to evaluate on --test"
+    )
+    p.add_argument(
+        "--test", type=Path, default=None, help="evaluate the policies fitted on --train on this file"
+    )
+    p.add_argument(
+        "--split-test-share",
+        type=float,
+        default=None,
+        help="split --data by a seeded hash of the row id into train and this share of test rows",
+    )
+    p.add_argument("--split-seed", type=int, default=0, help="seed of that split's hash")
     p.add_argument(
         "--outcome", nargs="+", choices=OUTCOMES, default=["conversion"], help="reward(s) of the policies"
     )
@@ -198,19 +265,39 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _check_files(args: argparse.Namespace) -> str:
+    """What is wrong with the combination of files and options, in one line ("" when nothing)."""
+    if args.folds < 2:
+        return "--folds must be at least 2"
+    if (args.train is None) != (args.test is None):
+        return "--train and --test go together (or give one file with --data)"
+    if args.train is not None and args.data is not None:
+        return "give --data or --train with --test, not both"
+    if args.split_test_share is not None:
+        if args.train is not None:
+            return "--split-test-share splits the one --data file; it does not go with --train and --test"
+        if not 0 < args.split_test_share < 1:
+            return f"--split-test-share must lie strictly between 0 and 1, not {args.split_test_share}"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the benchmark, prints the Markdown section, writes the JSON and optionally the Markdown file."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
-    if args.folds < 2:
-        print("--folds must be at least 2", file=sys.stderr)
+    problem = _check_files(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     torch.set_num_threads(1)
     command = command_line("hillstrom", argv)
     try:
         result = run_benchmark(
-            args.data,
+            args.train or args.data or DEFAULT_DATA,
             args.outcome,
+            test=args.test,
+            split_test_share=args.split_test_share,
+            split_seed=args.split_seed,
             folds=args.folds,
             inner_folds=args.inner_folds,
             seed=args.seed,

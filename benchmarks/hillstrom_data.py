@@ -1,5 +1,6 @@
 """The data of the Hillstrom benchmark (`benchmarks.hillstrom`): the arms, outcomes and policy names of
-the protocol, the file read and validated, the uplift per e-mail, and the customer features as a matrix."""
+the protocol, the file read and validated, its split into train and test rows, the uplift per e-mail, and
+the customer features as a matrix."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from features.policy import in_control_group
 from stats import Interval, bootstrap_ci, paired_bootstrap, ratio_of_means
 
 # The treatment arms, in action order; action NO_EMAIL is the control.
@@ -52,7 +54,10 @@ class HillstromDataError(ValueError):
 
 
 def load_hillstrom(path: Path | str) -> pd.DataFrame:
-    """Reads and validates a Hillstrom export; adds `action` (index into ARMS).
+    """Reads and validates a Hillstrom export; adds `action` (index into ARMS) and `row_id`.
+
+    The export has no customer id, so a row's id is its position in the file (0 for the first row after
+    the header): what `split_by_row_id` hashes.
 
     Args:
         path: CSV with the columns of REQUIRED_COLUMNS (others are ignored).
@@ -90,7 +95,28 @@ def load_hillstrom(path: Path | str) -> pd.DataFrame:
     for column in CATEGORICAL_FEATURES:
         frame[column] = frame[column].astype(str)
     frame["action"] = frame["segment"].map({arm: i for i, arm in enumerate(ARMS)}).astype(np.int64)
+    frame["row_id"] = np.arange(len(frame), dtype=np.int64)
     return frame.reset_index(drop=True)
+
+
+def split_by_row_id(
+    frame: pd.DataFrame, test_share: float, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Train and test rows of one file: a row is a test row when sha256 of the salt `hillstrom-split-{seed}`
+    and its `row_id`, read as a number in [0, 1), is below `test_share`.
+
+    The rule of the service's control group (`features.policy.in_control_group`): a row's side depends
+    on its id and the seed alone, not on the other rows, the row order or a random stream, so the same
+    file and seed give the same split on any machine and library version.
+
+    Raises:
+        ValueError: `test_share` outside (0, 1).
+    """
+    if not 0 < test_share < 1:
+        raise ValueError(f"the test share must lie strictly between 0 and 1, not {test_share}")
+    ids = [str(i) for i in frame["row_id"].tolist()]
+    test = in_control_group(ids, test_share, f"hillstrom-split-{seed}")
+    return frame.loc[~test].reset_index(drop=True), frame.loc[test].reset_index(drop=True)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from benchmarks.hillstrom_data import (
     UNIFORM,
     ArmRate,
     ArmShares,
+    Design,
     Uplift,
 )
 from benchmarks.hillstrom_learners import (
@@ -179,15 +180,22 @@ def evaluate_outcome(
     lgbm: LGBMParams | None = None,
     net: NetParams | None = None,
     learners: Sequence[str] = ("t_learner", "model"),
+    test: pd.DataFrame | None = None,
     log: Callable[[str], None] | None = None,
 ) -> OutcomeResult:
-    """Cross-fits the learned policies for one outcome and estimates every policy's value.
+    """Fits the learned policies for one outcome and estimates every policy's value.
+
+    Without `test`, the learners are cross-fitted over `folds` folds of `frame` and every value is
+    estimated on all of `frame`. With `test` (another file, or the test rows of a split), every learner
+    and its feature design is fitted on all of `frame` (the train population) and chooses the actions
+    of `test`'s rows, and every value, interval and the best constant are estimated on `test` alone: the
+    test rows are never seen by any fit, the conservative policies' thresholds included.
 
     Args:
-        frame: from `load_hillstrom`.
+        frame: from `load_hillstrom`; the train population when `test` is given.
         outcome: "visit", "conversion" or "spend".
-        folds: outer folds of the cross-fitting.
-        inner_folds: folds inside the training folds for the conservative policies' thresholds (< 2: no
+        folds: outer folds of the cross-fitting (unused with `test`).
+        inner_folds: folds inside the training rows for the conservative policies' thresholds (< 2: no
             conservative policies).
         seed: seed of the folds, LightGBM, the network and the bootstrap.
         n_boot: bootstrap resamples.
@@ -195,20 +203,31 @@ def evaluate_outcome(
         net: model settings.
         learners: which of "t_learner" and "model" to fit (the T-learner is always fitted: it is DR's
             reward model).
+        test: the rows to evaluate on, from `load_hillstrom` (or `split_by_row_id`).
         log: progress messages (e.g. `print`).
     """
     if outcome not in OUTCOMES:
         raise ValueError(f"unknown outcome {outcome!r}; choose from {OUTCOMES}")
     say = log or (lambda _msg: None)
     kind: OutcomeKind = "binary" if outcome in BINARY_OUTCOMES else "continuous"
-    action = frame["action"].to_numpy(dtype=np.int64)
-    y = frame[outcome].to_numpy(dtype=np.float64)
-    propensity = np.full(len(frame), LOGGING_PROPENSITY)
-    logged = LoggedBandit(action=action, propensity=propensity, reward=y, n_actions=len(ARMS))
-    fold = fold_ids(action, y, folds, seed)
-
-    # The feature design (categories, scales) is fitted on each fold's training rows.
-    x_all = design_per_fold(frame, fold)
+    if test is None:
+        data, scored = frame, np.ones(len(frame), dtype=bool)
+        fold = fold_ids(frame["action"].to_numpy(), frame[outcome].to_numpy(), folds, seed)
+        # The feature design (categories, scales) is fitted on each fold's training rows.
+        x_all = design_per_fold(frame, fold)
+        details: dict[str, Any] = {"folds": folds, "inner_folds": inner_folds, "rows": len(frame)}
+        doing = f"cross-fitting {{}} over {folds} folds"
+    else:
+        data = pd.concat([frame, test], ignore_index=True)
+        scored = np.arange(len(data)) >= len(frame)
+        # One "fold": the design and the learners see the train rows, and predict the test rows.
+        x_all = {0: (Design.fit(frame).transform(data), ~scored)}
+        details = {"protocol": "train-test", "inner_folds": inner_folds, "rows": len(test)}
+        details["train_rows"] = len(frame)
+        doing = "fitting {} on the train population"
+    action = data["action"].to_numpy(dtype=np.int64)
+    y = data[outcome].to_numpy(dtype=np.float64)
+    propensity = np.full(len(data), LOGGING_PROPENSITY)
 
     def t_factory(k: int) -> Learner:
         return TLearner(kind, lgbm, seed=seed + k)
@@ -220,42 +239,65 @@ def evaluate_outcome(
     names = {"t_learner": (T_LEARNER, T_CONSERVATIVE), "model": (MODEL, MODEL_CONSERVATIVE)}
     policies: dict[str, np.ndarray] = {}
     fit_seconds: dict[str, float] = {}
-    details: dict[str, Any] = {"folds": folds, "inner_folds": inner_folds, "rows": len(frame)}
     q_hat = None
     for key in ("t_learner", *[k for k in learners if k != "t_learner"]):
         plain, conservative = names[key]
-        say(f"{outcome}: cross-fitting {plain} over {folds} folds")
+        say(f"{outcome}: {doing.format(plain)}")
         pred, seconds, info, variants = cross_fit_features(factories[key], x_all, action, propensity, y)
         if key == "t_learner":
-            q_hat = pred
+            q_hat = pred[scored]
         if key in learners:
-            policies[plain] = pred.argmax(axis=1)
+            policies[plain] = pred[scored].argmax(axis=1)
             fit_seconds[plain] = seconds
             details[plain] = {"folds": info}
             for name, (variant_pred, variant_seconds) in variants.items():
-                policies[name] = variant_pred.argmax(axis=1)
+                policies[name] = variant_pred[scored].argmax(axis=1)
                 fit_seconds[name] = variant_seconds
         if key in learners and inner_folds >= 2:
             say(f"{outcome}: choosing the thresholds of {conservative} ({inner_folds} inner folds)")
             policy, extra, choices = conservative_features(
                 factories[key], pred, x_all, action, propensity, y, inner_folds, seed
             )
-            policies[conservative] = policy
+            policies[conservative] = policy[scored]
             fit_seconds[conservative] = seconds + extra
             details[conservative] = {"folds": choices}
     assert q_hat is not None
     details["q_hat_mean"] = dict(zip(ACTION_NAMES, q_hat.mean(axis=0).tolist(), strict=True))
+    logged = LoggedBandit(
+        action=action[scored], propensity=propensity[scored], reward=y[scored], n_actions=len(ARMS)
+    )
+    say(f"{outcome}: bootstrap ({n_boot} resamples)")
+    return _estimate(outcome, logged, policies, fit_seconds, q_hat, details, n_boot, seed)
 
+
+def _estimate(
+    outcome: str,
+    logged: LoggedBandit,
+    policies: dict[str, np.ndarray],
+    fit_seconds: dict[str, float],
+    q_hat: np.ndarray,
+    details: dict[str, Any],
+    n_boot: int,
+    seed: int,
+) -> OutcomeResult:
+    """Every policy's value by each estimator on the logged rows, the baselines added, and the paired
+    differences of the learned policies against the best constant and the best baseline.
+
+    Args:
+        logged: the rows the values are estimated on.
+        policies: learned policy -> (n,) actions on those rows (the baselines are added here).
+        q_hat: (n, n_actions) DR's reward model on those rows.
+    """
+    n = len(logged.action)
     kinds = {name: ("model" if name in MODEL_POLICIES else "baseline") for name in policies}
     for name, a in CONSTANTS.items():
-        policies[name] = np.full(len(frame), a, dtype=np.int64)
+        policies[name] = np.full(n, a, dtype=np.int64)
         kinds[name] = "baseline"
         fit_seconds[name] = 0.0
-    policies[UNIFORM] = np.full((len(frame), len(ARMS)), 1.0 / len(ARMS))
+    policies[UNIFORM] = np.full((n, len(ARMS)), 1.0 / len(ARMS))
     kinds[UNIFORM] = "baseline"
     fit_seconds[UNIFORM] = 0.0
 
-    say(f"{outcome}: bootstrap ({n_boot} resamples)")
     terms: dict[tuple[str, str], RowStatistic] = {}
     for name, policy in policies.items():
         for est in ESTIMATORS:
@@ -279,7 +321,7 @@ def evaluate_outcome(
             LOGGING,
             "reference",
             dict.fromkeys(ESTIMATORS, observed),
-            _shares(np.eye(len(ARMS))[action]),
+            _shares(np.eye(len(ARMS))[logged.action]),
             None,
         )
     )
@@ -305,8 +347,31 @@ def evaluate_outcome(
 
 
 @dataclass
+class HeldOut:
+    """The policies fitted on the train population and evaluated on the test population.
+
+    Attributes:
+        train: the train population in words (its file, or "its train rows" of a split file).
+        test: the test population in words.
+        split: how one file was split into the two, in words ("" for two files).
+        rows: customers in the test population.
+        shares: its arms.
+        outcomes: per outcome, `evaluate_outcome(train, ..., test=test)`.
+    """
+
+    train: str
+    test: str
+    split: str
+    rows: int
+    shares: ArmShares
+    outcomes: list[OutcomeResult]
+
+
+@dataclass
 class BenchmarkResult:
-    """One run: the data, the arms, the uplift and the policies of each outcome."""
+    """One run: the data, the arms, the uplift and the policies of each outcome; with a test population,
+    the held-out protocol beside the cross-fitted one (`heldout`; the rest is then the train population).
+    """
 
     command: str
     date: str
@@ -318,3 +383,4 @@ class BenchmarkResult:
     outcomes: list[OutcomeResult]
     settings: dict[str, Any]
     seconds: float
+    heldout: HeldOut | None = None

@@ -22,6 +22,7 @@ from benchmarks.hillstrom_data import (
     OUTCOMES,
     PAIRED_ESTIMATORS,
     T_LEARNER,
+    ArmShares,
 )
 from benchmarks.hillstrom_estimates import BenchmarkResult, OutcomeResult
 from stats import Interval
@@ -93,8 +94,6 @@ def verdict_text(result: OutcomeResult) -> str:
 
 def markdown(result: BenchmarkResult) -> str:
     """The BENCHMARKS.md section, markers included."""
-    sh = result.shares
-    shares = ", ".join(f"{arm} {sh.counts[arm]:,} ({sh.shares[arm]:.2%})" for arm in ARMS)
     s = result.settings
     lines = [
         MARKER_START,
@@ -104,11 +103,9 @@ def markdown(result: BenchmarkResult) -> str:
         "",
         f"    {result.command}",
         "",
-        f"Data: `{result.data}`, {result.rows:,} customers. Arms: {shares}; chi-square test of 1/3 each: "
-        f"p = {sh.p_value:.2f}, so the logging propensity is 1/3 for everyone. Intervals: 95 % percentile "
-        f"bootstrap over customers ({s['n_boot']:,} resamples, seed {s['seed']}).",
+        _data_line(result),
         "",
-        "### Rates per arm",
+        "### Rates per arm" + (" (train population)" if result.heldout else ""),
         "",
         "| arm | customers | visit % | conversion % | spend $ | full set: visit % / conversion % / spend $ |",
         "|---|---|---|---|---|---|",
@@ -125,7 +122,7 @@ def markdown(result: BenchmarkResult) -> str:
         "",
         "The full set is the 64,000 customers of SOURCE.md; this file is a 70 % random subset of it.",
         "",
-        "### Uplift per e-mail over No E-Mail",
+        "### Uplift per e-mail over No E-Mail" + (" (train population)" if result.heldout else ""),
         "",
         "Percentage points for visit and conversion, dollars per customer for spend; the bootstrap resamples "
         "customers and takes both arms' means on the same resample.",
@@ -140,8 +137,21 @@ def markdown(result: BenchmarkResult) -> str:
             f"[{u.normal.lo * m:+.{d}f}, {u.normal.hi * m:+.{d}f}] | {u.relative:+.0%} | "
             f"{u.full_set * m:+.{d}f} |"
         )
-    for o in result.outcomes:
-        lines += _outcome_markdown(o)
+    held = result.heldout
+    for i, o in enumerate(result.outcomes):
+        if held is None:
+            lines += _outcome_markdown(o)
+            continue
+        lines += _outcome_markdown(
+            o, f", cross-fitted within the train population ({result.rows:,} customers)"
+        )
+        lines += _outcome_markdown(
+            held.outcomes[i],
+            f", fitted on the train population, evaluated on the test population ({held.rows:,} customers)",
+            refit="fitted again on the train population with another seed (other initialisations and inner "
+            "splits)",
+        )
+        lines += _side_by_side(o, held.outcomes[i])
     lgbm, net = s["lightgbm"], s["model"]
     lines += [
         "",
@@ -162,6 +172,17 @@ def markdown(result: BenchmarkResult) -> str:
         f"- `{T_LEARNER}`: one LightGBM model per arm ({lgbm['num_leaves']} leaves, at least "
         f"{lgbm['min_child_samples']} rows per leaf, L2 {lgbm['lambda_l2']}, learning rate "
         f"{lgbm['learning_rate']}), early-stopped on a 20 % inner split of the arm.",
+        *(
+            [
+                "- Fitted on one population, evaluated on another: every learner, its feature design, the "
+                "conservative thresholds (from inner folds of the train population) and DR's reward model "
+                "are fitted once on the whole train population and choose the actions of the test "
+                "population, where every value, interval and the best constant are estimated; no fit sees "
+                "a test row."
+            ]
+            if held
+            else []
+        ),
         "- Conservative policies: the training folds' best constant e-mail unless the learner predicts "
         "another action better by more than a threshold, chosen by IPS on the training folds from "
         f"predictions cross-fitted over {s['inner_folds']} inner folds (candidates: 0, quantiles of the "
@@ -175,12 +196,72 @@ def markdown(result: BenchmarkResult) -> str:
     return "\n".join(lines)
 
 
-def _outcome_markdown(o: OutcomeResult) -> list[str]:
-    """The policy table, the paired differences, the refits and the verdict of one outcome."""
+def _data_line(result: BenchmarkResult) -> str:
+    """The data (one file, or the train and test populations), their arms and the intervals."""
+    s, held = result.settings, result.heldout
+    intervals = (
+        f"Intervals: 95 % percentile bootstrap over customers ({s['n_boot']:,} resamples, seed {s['seed']})."
+    )
+    if held is None:
+        return f"Data: `{result.data}`, {result.rows:,} customers. Arms: {_arms(result.shares)}. {intervals}"
+    split = f"{held.split}; " if held.split else ""
+    return (
+        f"Data: {split}train population: {held.train}, {result.rows:,} customers (arms: "
+        f"{_arms(result.shares)}); test population: {held.test}, {held.rows:,} customers (arms: "
+        f"{_arms(held.shares)}). {intervals}"
+    )
+
+
+def _arms(sh: ArmShares) -> str:
+    """Customers per arm and the chi-square test of uniform randomisation."""
+    shares = ", ".join(f"{arm} {sh.counts[arm]:,} ({sh.shares[arm]:.2%})" for arm in ARMS)
+    return (
+        f"{shares}; chi-square test of 1/3 each: p = {sh.p_value:.2f}, so the logging propensity is 1/3 for "
+        "everyone"
+    )
+
+
+def _side_by_side(crossed: OutcomeResult, held: OutcomeResult) -> list[str]:
+    """Each policy's IPS value and verdict against the best constant under both protocols."""
+    o = crossed.outcome
+    lines = [
+        "",
+        f"Both protocols side by side ({o}, IPS [95 % CI]; verdict against each protocol's best constant, "
+        f"{crossed.best_constant} cross-fitted, {held.best_constant} held out):",
+        "",
+        "| policy | cross-fitted within train | verdict | fitted on train, evaluated on test | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for p in crossed.policies:
+        other = next((q for q in held.policies if q.name == p.name), None)
+        if other is None:
+            continue
+        cells = []
+        for result, policy in ((crossed, p), (held, other)):
+            row = next(
+                (r for r in result.paired if r.policy == p.name and r.versus == result.best_constant), None
+            )
+            best = "(the best constant)" if p.name == result.best_constant else ""
+            cells += [_fmt(policy.values["ips"], o), row.verdict if row else best]
+        lines.append(f"| {p.name} | {' | '.join(cells)} |")
+    return lines
+
+
+def _outcome_markdown(
+    o: OutcomeResult,
+    title: str = "",
+    refit: str = "cross-fitted again with another seed (other folds, initialisations and inner splits)",
+) -> list[str]:
+    """The policy table, the paired differences, the refits and the verdict of one outcome.
+
+    Args:
+        title: the population and protocol, after the heading's outcome.
+        refit: how the refits were fitted, in words.
+    """
     _, unit, _ = _scale(o.outcome)
     lines = [
         "",
-        f"### Policy value: {o.outcome} ({unit})",
+        f"### Policy value: {o.outcome} ({unit}){title}",
         "",
         "| policy | IPS [95 % CI] | SNIPS [95 % CI] | DR [95 % CI] | send rate | Mens/Womens/none | fit s |",
         "|---|---|---|---|---|---|---|",
@@ -215,7 +296,7 @@ def _outcome_markdown(o: OutcomeResult) -> list[str]:
         lines += [
             "",
             f"Refits: IPS / SNIPS point difference against {o.refits[0]['versus']} when the learned policies "
-            "are cross-fitted again with another seed (other folds, initialisations and inner splits):",
+            f"are {refit}:",
             "",
             "| seed | " + " | ".join(names) + " |",
             "|---|" + "---|" * len(names),
@@ -251,36 +332,16 @@ def _jsonable(value: Any) -> Any:
 
 def to_json(result: BenchmarkResult) -> dict[str, Any]:
     """The run as plain JSON-able data (with versions and the machine)."""
-    outcomes = {}
-    for o in result.outcomes:
-        outcomes[o.outcome] = {
-            "policies": [
-                {
-                    "name": p.name,
-                    "kind": p.kind,
-                    "values": p.values,
-                    "send_rate": p.send_rate,
-                    "action_shares": p.action_shares,
-                    "fit_seconds": p.fit_seconds,
-                }
-                for p in o.policies
-            ],
-            "paired": [
-                {
-                    "policy": p.policy,
-                    "versus": p.versus,
-                    "differences": p.differences,
-                    "verdicts": {e: p.verdict_of(e) for e in PAIRED_ESTIMATORS},
-                    "verdict": p.verdict,
-                    "actions_differ": p.disagreement,
-                }
-                for p in o.paired
-            ],
-            "best_constant": o.best_constant,
-            "best_policy": o.best_policy,
-            "best_baseline": o.best_baseline,
-            "verdict": verdict_text(o),
-            "details": o.details,
+    held = result.heldout
+    heldout = None
+    if held is not None:
+        heldout = {
+            "train": held.train,
+            "test": held.test,
+            "split": held.split,
+            "rows": held.rows,
+            "arm_shares": asdict(held.shares),
+            "outcomes": {o.outcome: _outcome_json(o) for o in held.outcomes},
         }
     return _jsonable(
         {
@@ -290,24 +351,45 @@ def to_json(result: BenchmarkResult) -> dict[str, Any]:
             "data": result.data,
             "rows": result.rows,
             "arm_shares": asdict(result.shares),
-            "rates": [
-                {"arm": r.arm, "outcome": r.outcome, "n": r.n, "rate": r.rate, "full_set": r.full_set}
-                for r in result.rates
-            ],
-            "uplift": [
-                {
-                    "arm": u.arm,
-                    "outcome": u.outcome,
-                    "difference": u.difference,
-                    "normal": u.normal,
-                    "relative": u.relative,
-                    "full_set": u.full_set,
-                }
-                for u in result.uplift
-            ],
-            "outcomes": outcomes,
+            "rates": [asdict(r) for r in result.rates],
+            "uplift": [asdict(u) for u in result.uplift],
+            "outcomes": {o.outcome: _outcome_json(o) for o in result.outcomes},
+            **({"heldout": heldout} if heldout else {}),
             "settings": result.settings,
             "seconds": result.seconds,
             "machine": machine_info(("torch", "lightgbm", "numpy", "pandas")),
         }
     )
+
+
+def _outcome_json(o: OutcomeResult) -> dict[str, Any]:
+    """One outcome's policies, paired differences, verdict and fitting details."""
+    return {
+        "policies": [
+            {
+                "name": p.name,
+                "kind": p.kind,
+                "values": p.values,
+                "send_rate": p.send_rate,
+                "action_shares": p.action_shares,
+                "fit_seconds": p.fit_seconds,
+            }
+            for p in o.policies
+        ],
+        "paired": [
+            {
+                "policy": p.policy,
+                "versus": p.versus,
+                "differences": p.differences,
+                "verdicts": {e: p.verdict_of(e) for e in PAIRED_ESTIMATORS},
+                "verdict": p.verdict,
+                "actions_differ": p.disagreement,
+            }
+            for p in o.paired
+        ],
+        "best_constant": o.best_constant,
+        "best_policy": o.best_policy,
+        "best_baseline": o.best_baseline,
+        "verdict": verdict_text(o),
+        "details": o.details,
+    }

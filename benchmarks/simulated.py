@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         results_table(result.results, [m for m in HEADLINE if m in result.results[0].metrics])
     )
     seconds = " | ".join(f"{name} {s:.0f} s" for name, s in result.seconds.items())
+    per_epoch = result.seconds_per_epoch if result.seconds_per_epoch is not None else float("nan")
+    seconds += f" (sequence: {per_epoch:.0f} s per epoch, median; stopped on {result.stopped})"
     manifest = json.loads((features / "manifest.json").read_text())
     lines = [
         "## Simulated shop: every head against the truth",

@@ -7,9 +7,11 @@ bucket and spills it there, and each bucket is then processed whole, by the same
 function in both engines (pandas in this process, or Spark's `groupBy(bucket).applyInPandas`).
 
 Output layout (`out/`):
-    rows/part-*.parquet   one row per (customer, cutoff) with a `split` column (train / valid / test)
+    rows/part-*.parquet   one row per (customer, cutoff) with a `split` column (train / valid / test) and a
+                          `segment` (new / active / lapsed; who has a row: `BuildConfig`)
     vocab.json            vocabularies fitted on the training window only
-    manifest.json         row counts, vocabulary sizes, date ranges, the input's digest, the config
+    manifest.json         row counts (per split and segment), vocabulary sizes, date ranges, the input's
+                          digest, the config
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from features.schema import REQUIRED_COLUMNS, EventSchemaError
 from features.snapshots import (
     DICTIONARY_COLUMNS,
     EVENT_READ_COLUMNS,
+    SEGMENTS,
     SPLITS,
     BucketContext,
     BuildConfig,
@@ -175,6 +178,7 @@ def build_features(
             "cutoffs": plan.to_json(),
             "vocab_window_end": plan.valid_start.isoformat(),
             "rows": rows,
+            "segments": segment_counts(out),
             "vocab_sizes": vocab.sizes(),
             "token_sizes": token_sizes(vocab),
             "token_fields": list(TOKEN_FIELDS),
@@ -187,6 +191,13 @@ def build_features(
     )
     manifest.save(out)
     return manifest
+
+
+def segment_counts(out: Path) -> dict[str, dict[str, int]]:
+    """Rows per split and segment of the rows written to `out` (either engine): the population's make-up."""
+    table = ds.dataset(str(out / "rows"), format="parquet").to_table(columns=["split", "segment"])
+    frame = table.to_pandas().astype(str).value_counts()
+    return {s: {g: int(frame.get((s, g), 0)) for g in SEGMENTS} for s in SPLITS}
 
 
 def decision_aligned_start(files: list[Path], first_ts: pd.Timestamp, config: BuildConfig) -> str:
@@ -349,7 +360,9 @@ def _bucket_job(spill: Path, bucket: int, target: Path, ctx: BucketContext) -> d
     decisions = _read_spill(spill / f"decisions-{bucket:05d}.arrow")
     table = process_bucket(events, decisions, ctx)
     # Dictionary pages only where values repeat; token lists compress well without them (and write faster).
-    pq.write_table(table, target, use_dictionary=["customer_id", "split", "stage", "logged_action"])
+    pq.write_table(
+        table, target, use_dictionary=["customer_id", "split", "segment", "stage", "logged_action"]
+    )
     splits = table.column("split").to_pandas().value_counts()
     return {str(k): int(v) for k, v in splits.items()}
 
@@ -390,4 +403,10 @@ def format_manifest(manifest: Manifest) -> str:
         f"engine {d['engine']}, {d['n_buckets']} bucket(s), {d['seconds']:.1f} s, "
         f"{d['events_per_second']:,.0f} events/s",
     ]
+    segments = d.get("segments", {})  # none in builds from before segments
+    if segments:
+        per_split = (
+            f"{s} " + ", ".join(f"{g} {n:,}" for g, n in counts.items()) for s, counts in segments.items()
+        )
+        lines.insert(2, "segments: " + "; ".join(per_split))
     return "\n".join(lines)

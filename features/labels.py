@@ -51,6 +51,12 @@ Why this order: orders are the surest evidence a shop has, so the stages anchore
 is quiet has not lapsed from anything, so awareness comes before at_risk; and at_risk comes before loyal
 because a repeat buyer gone quiet is exactly whom win-back is for.
 
+The next-item label is the distinct items of the customer's `next_item_events` in the `next_items_days`
+(30) after t, in order of first occurrence. By default purchases (what to recommend is what they will
+buy); a shop that logs no purchases (a click stream, a content site) has an empty label that way, and a
+model trained on it never learns the head, so such a shop names the behaviour to predict instead
+(`[product_view]`, or carts, or e-mail clicks that carry an item).
+
 The model only ever sees events before the cutoff; these labels are its targets.
 """
 
@@ -91,9 +97,30 @@ class LabelConfig:
     purchase_horizons: tuple[int, ...] = (7, 30)
     next_items_days: int = 30
     max_next_items: int = 20
+    # The behaviour the next-item head learns: the items of these events in the `next_items_days` after t.
+    next_item_events: tuple[str, ...] = (EventType.PURCHASE.value,)
     # A logged decision belongs to the cutoff when it was made within this many days after it.
     decision_window_days: int = 1
     outcome_days: int = 7
+
+    def __post_init__(self) -> None:
+        # YAML and `--set` give a list or one name; the manifest gives a list: the config keeps a tuple.
+        given = self.next_item_events
+        events = (given,) if isinstance(given, str) else tuple(given)
+        object.__setattr__(self, "next_item_events", events)
+        if not events:
+            raise ValueError("labels.next_item_events: needs at least one event type, e.g. [purchase]")
+        for name in events:
+            if name in SHOP_SENT_EVENTS:
+                raise ValueError(
+                    f"labels.next_item_events: {name!r} is a message the shop sent, not something the "
+                    f"customer chose; use one of {', '.join(NEXT_ITEM_EVENT_TYPES)}"
+                )
+            if name not in NEXT_ITEM_EVENT_TYPES:
+                raise ValueError(
+                    f"labels.next_item_events: unknown event type {name!r}; use one of "
+                    f"{', '.join(NEXT_ITEM_EVENT_TYPES)}"
+                )
 
     @property
     def horizon_days(self) -> int:
@@ -110,6 +137,8 @@ class LabelConfig:
         )
 
 
+# What a next-item label may be made of: any event the customer did (only those with an item count).
+NEXT_ITEM_EVENT_TYPES: tuple[str, ...] = tuple(e for e in EVENT_TYPES if e not in SHOP_SENT_EVENTS)
 DECISION_COLUMNS = ("decision_id", "customer_id", "ts", "action", "propensity")
 
 
@@ -157,7 +186,8 @@ def hindsight_labels(
     seen = (cust >= 0) & (at_t > start)
     first_contact = np.where(seen, prep.ts_ms[np.minimum(start, max(prep.n_events - 1, 0))], t)
     out["stage"] = _stage(prep, t, first_contact, config, count, is_type, purchase, activity)
-    out["next_items"] = _next_items(prep, cust, t, t + config.next_items_days * day, purchase, config)
+    chosen = is_type(*config.next_item_events)
+    out["next_items"] = _next_items(prep, cust, t, t + config.next_items_days * day, chosen, config)
     out.update(_logged_decisions(prep, cust, cutoffs, t, config, decisions, purchase))
     return out
 
@@ -232,14 +262,15 @@ def _next_items(
     cust: np.ndarray,
     lo_ms: np.ndarray,
     hi_ms: np.ndarray,
-    purchase: np.ndarray,
+    chosen: np.ndarray,
     config: LabelConfig,
 ) -> pa.Array:
-    """Distinct items bought in [lo, hi), in order of first purchase, at most `max_next_items`."""
-    idx = np.flatnonzero(purchase & (prep.item_token > 0))
+    """Distinct items of the `chosen` events (`next_item_events`: by default purchases) in [lo, hi), in
+    order of their first such event, at most `max_next_items`; events without an item do not count."""
+    idx = np.flatnonzero(chosen & (prep.item_token > 0))
     pos_lo = prep.search(cust, lo_ms)
     pos_hi = prep.search(cust, hi_ms)
-    # Index of purchases inside [pos_lo, pos_hi): positions in `idx` via searchsorted on event positions.
+    # Index of chosen events inside [pos_lo, pos_hi): positions in `idx` via searchsorted on event positions.
     lo = np.searchsorted(idx, pos_lo, side="left")
     hi = np.searchsorted(idx, pos_hi, side="left")
     n = np.where(cust >= 0, hi - lo, 0)

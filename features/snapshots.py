@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.arrays import to_epoch_ms
+from features.arrays import prefix_sum, to_epoch_ms
 from features.config import from_settings, load_settings
 from features.encoder import (
     AGGREGATE_NAMES,
@@ -26,9 +26,12 @@ from features.encoder import (
     prepare,
 )
 from features.labels import LabelConfig, hindsight_labels
+from features.schema import EVENT_TYPES, SHOP_SENT_EVENTS
 from features.vocab import Vocabulary
 
 SPLITS = ("train", "valid", "test")
+# Where a customer stands at a cutoff (BuildConfig: `new_within_days`, `active_within_days`).
+SEGMENTS = ("active", "lapsed", "new")
 EVENT_READ_COLUMNS = (
     "customer_id",
     "ts",
@@ -41,6 +44,8 @@ EVENT_READ_COLUMNS = (
 )
 DICTIONARY_COLUMNS = ("customer_id", "event_type", "channel", "item_id", "category", "message_type")
 DAY = pd.Timedelta(days=1)
+# Event type codes (`PreparedEvents.event_type`) of the messages the shop sent: not the customer's activity.
+_SHOP_SENT_CODES = np.array(sorted(EVENT_TYPES.index(e) for e in SHOP_SENT_EVENTS), dtype=np.int16)
 
 
 @dataclass(frozen=True)
@@ -56,8 +61,19 @@ class BuildConfig:
         test_start: first test cutoff (ISO date); default: the last `n_test_cutoffs` labelled cutoffs.
         valid_start: first validation cutoff; default: the last `n_valid_cutoffs` cutoffs whose label
             window ends before the test starts.
-        active_within_days: a customer gets a row at a cutoff when active (any event) in this many days
-            before it, or when a decision was logged for them at the cutoff.
+        active_within_days: a customer is `active` at a cutoff with an event of their own (not a message
+            the shop sent them) in this many days before it; the window of the activity filter
+            (`active_only_splits`) and of the segments.
+        active_only_splits: splits whose rows are limited to active customers (the activity filter keeps
+            training on the customers a send can reach, and the build small). Every other split gets a
+            row for every customer with at least one event before the cutoff, so that its figures
+            include the lapsed customers that win-back exists for. Whatever the split, a decision
+            logged for a customer at a cutoff gives a row. Default: training only; list every split
+            for the old population (active customers everywhere).
+        new_within_days: a customer whose first event is this recent (or not yet there: a row only for a
+            logged decision) is in the segment `new` at the cutoff. Every row has a `segment` (SEGMENTS):
+            `new`, else `active` (an event in `active_within_days`), else `lapsed` (history, but no
+            event in `active_within_days`).
         item_min_count: items seen fewer times in the training window map to out-of-vocabulary.
         bucket_events: target events per bucket (sets the number of buckets, and so the memory).
         n_buckets: fixed number of buckets instead.
@@ -74,12 +90,25 @@ class BuildConfig:
     n_test_cutoffs: int = 2
     n_valid_cutoffs: int = 2
     active_within_days: int = 60
+    active_only_splits: tuple[str, ...] = ("train",)
+    new_within_days: int = 28
     item_min_count: int = 1
     max_items: int = 1_000_000
     bucket_events: int = 1_000_000
     n_buckets: int | None = None
     workers: int = 0
     batch_rows: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        splits = self.active_only_splits
+        unknown = [splits] if isinstance(splits, str) else [s for s in splits if s not in SPLITS]
+        if unknown:
+            raise ValueError(
+                f"active_only_splits: {unknown[0]!r} is not a list of splits ({', '.join(SPLITS)})"
+            )
+        for name in ("active_within_days", "new_within_days"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: must be 0 or more days, not {getattr(self, name)}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BuildConfig:
@@ -95,6 +124,8 @@ class BuildConfig:
         lab = data.pop("labels", {}) or {}
         if "purchase_horizons" in lab:
             lab["purchase_horizons"] = tuple(lab["purchase_horizons"])
+        if isinstance(data.get("active_only_splits"), list):
+            data["active_only_splits"] = tuple(data["active_only_splits"])
         return cls(encoder=enc, labels=from_settings(LabelConfig, lab, "labels"), **data)
 
     @classmethod
@@ -187,8 +218,7 @@ class BucketContext:
 def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: BucketContext) -> pa.Table:
     """Encodes and labels every (customer, cutoff) row of one bucket of customers.
 
-    The per-bucket function of both engines. A customer gets a row at a cutoff when active in the
-    `active_within_days` before it or when a decision was logged for them at that cutoff.
+    The per-bucket function of both engines; who gets a row, and the row's `segment`: `BuildConfig`.
     """
     config = BuildConfig.from_dict(ctx.config)
     vocab = Vocabulary.from_json(ctx.vocab_json)
@@ -204,6 +234,7 @@ def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: Bu
         "customer_id": pa.array(cutoffs["customer_id"].to_numpy(dtype=object), pa.string()),
         "cutoff": pa.array(to_epoch_ms(cutoffs["cutoff"]) * 1000, pa.timestamp("us", tz="UTC")),
         "split": pa.array(cutoffs["split"].to_numpy(dtype=object), pa.string()),
+        "segment": pa.array(cutoffs["segment"].to_numpy(dtype=object), pa.string()),
         "seq_len": pa.array(batch.length, pa.int32()),
     }
     # Stored ragged (only the real events, oldest first): `padded_tokens` restores the model's layout.
@@ -216,29 +247,56 @@ def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: Bu
     return pa.table(columns)
 
 
+def population_rule(config: dict[str, Any], split: str) -> str:
+    """Who has a row in `split` of a build with this (manifest) config, in words for a population line.
+
+    Builds from before `active_only_splits` filtered every split by activity.
+    """
+    if split in config.get("active_only_splits", SPLITS):
+        days = config.get("active_within_days", 60)
+        return (
+            f"active (an event of their own) in the {days} days before the cutoff "
+            "(or with a logged decision at it)"
+        )
+    return "with history before the cutoff"
+
+
 def _candidate_rows(
     prep: PreparedEvents, plan: pd.DataFrame, config: BuildConfig, decisions: pd.DataFrame | None
 ) -> pd.DataFrame:
-    """(customer, cutoff, split) rows: customers active before the cutoff, or with a decision at it."""
+    """(customer, cutoff, split, segment) rows, for every customer of the bucket at every cutoff of the
+    plan that `BuildConfig` gives a row (n_customers x n_cutoffs candidates, vectorised)."""
     n_c, n_t = len(prep.customers), len(plan)
     cut_ms = to_epoch_ms(plan["cutoff"])
     cust = np.repeat(np.arange(n_c, dtype=np.int64), n_t)
     t_ms = np.tile(cut_ms, n_c)
-    window = config.active_within_days * 86_400_000
-    keep = prep.search(cust, t_ms) > np.maximum(prep.search(cust, t_ms - window), prep.starts(cust))
+    day = 86_400_000
+    first = prep.starts(cust)  # every customer of `prep` has an event: a valid position
+    before = prep.search(cust, t_ms)  # events before the cutoff end here
+    history = before > first
+    # Active: an event of the customer's own (not a message the shop sent: an e-mailed customer who never
+    # answers is lapsed) within `active_within_days`, as the encoder's recency counts them.
+    own = prefix_sum((~np.isin(prep.event_type, _SHOP_SENT_CODES)).astype(np.int64))
+    window_start = np.maximum(prep.search(cust, t_ms - config.active_within_days * day), first)
+    active = own[before] > own[window_start]
+    everyone = ~np.isin(plan["split"].to_numpy(), list(config.active_only_splits))
+    keep = active | (history & np.tile(everyone, n_c))
     if decisions is not None and n_t:
         # The cutoff a decision belongs to: the last one at or before it, within the decision window.
         d_cust = prep.customer_codes(decisions["customer_id"])
         d_ms = to_epoch_ms(decisions["ts"])
         k = np.searchsorted(cut_ms, d_ms, side="right") - 1
         ok = (d_cust >= 0) & (k >= 0)
-        ok &= d_ms < cut_ms[np.maximum(k, 0)] + config.labels.decision_window_days * 86_400_000
+        ok &= d_ms < cut_ms[np.maximum(k, 0)] + config.labels.decision_window_days * day
         keep[d_cust[ok] * n_t + k[ok]] = True
-    rows = pd.DataFrame(
+    # New: the first event is recent, or still to come (a row only for a logged decision).
+    new = prep.ts_ms[first[keep]] >= t_ms[keep] - config.new_within_days * day
+    segment = np.where(new, "new", np.where(active[keep], "active", "lapsed"))
+    return pd.DataFrame(
         {
             "customer_id": prep.customers[cust[keep]],
             "cutoff": pd.to_datetime(t_ms[keep], unit="ms", utc=True),
             "split": plan["split"].to_numpy()[np.tile(np.arange(n_t), n_c)[keep]],
+            "segment": segment.astype(object),
         }
     )
-    return rows

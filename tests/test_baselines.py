@@ -362,7 +362,9 @@ def test_expected_calibration_error_by_hand() -> None:
 
 def test_all_baselines_builds_scorers_from_config() -> None:
     scorers = all_baselines()
-    assert [s.name for s in scorers] == ["popularity", "own_history", "item_knn", "lightgbm_aggregates"]
+    assert [s.name for s in scorers] == [
+        "popularity", "own_history", "item_knn", "tifu_knn", "lightgbm_aggregates", "logistic_rf",
+    ]  # fmt: skip
     assert all(isinstance(s, Scorer) for s in scorers)
     chosen = all_baselines({"baselines": ["item_knn"], "knn_neighbours": 7, "own_decay_grid": [0.9]})
     assert len(chosen) == 1
@@ -390,6 +392,7 @@ def test_every_baseline_on_a_built_random_shop(tmp_path_factory: pytest.TempPath
             assert pred.top_items.shape == (len(test), min(20, build.n_items - FIRST))
             assert pred.top_items.min() >= FIRST
             assert all(len(set(row)) == len(row) for row in pred.top_items.tolist())
-        else:
-            assert pred.stage_proba is not None
+        elif pred.stage_proba is not None:
             assert np.allclose(pred.stage_proba.sum(axis=1), 1.0)
+        else:  # propensities only (logistic_rf)
+            assert pred.propensity

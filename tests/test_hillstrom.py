@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from benchmarks import hillstrom_estimates
 from benchmarks.hillstrom import main
 from benchmarks.hillstrom_data import (
     ARMS,
@@ -24,12 +26,14 @@ from benchmarks.hillstrom_data import (
     arm_rates,
     arm_shares,
     load_hillstrom,
+    split_by_row_id,
     uplift_table,
 )
 from benchmarks.hillstrom_estimates import evaluate_outcome
 from benchmarks.hillstrom_learners import NetParams
 from benchmarks.hillstrom_policies import choose_threshold, thresholded_policy
 from benchmarks.hillstrom_report import MARKER_END, MARKER_START, update_markdown
+from features.policy import in_control_group
 
 HISTORY_BINS = (0, 100, 200, 350, 500, 750, 1000, np.inf)
 HISTORY_LABELS = (
@@ -265,3 +269,160 @@ def test_real_hillstrom(shared_data: Path) -> None:
     assert result.best_constant == "send everyone Mens"
     # Every e-mail beats no e-mail on conversion.
     assert result.policy("no e-mail").values["ips"].point < result.policy(MODEL).values["ips"].point
+
+
+# ------------------------------------------------------------------------------------------------------
+# Fitted on one file, evaluated on another
+
+
+def test_split_by_row_id_is_a_stable_hash_of_the_row(synthetic_csv: Path) -> None:
+    frame = load_hillstrom(synthetic_csv)
+    np.testing.assert_array_equal(frame["row_id"], np.arange(len(frame)))
+    train, test = split_by_row_id(frame, 0.3, seed=0)
+    again_train, again_test = split_by_row_id(frame, 0.3, seed=0)
+    pd.testing.assert_frame_equal(test, again_test)
+    pd.testing.assert_frame_equal(train, again_train)
+    ids_train, ids_test = set(train["row_id"]), set(test["row_id"])
+    assert not ids_train & ids_test
+    assert ids_train | ids_test == set(range(3_000))
+    # A binomial(3000, 0.3) share: 4 standard deviations are 0.034.
+    assert abs(len(test) / 3_000 - 0.3) < 0.034
+    # The rule of the service's control group, salted with the split seed: each row on its own.
+    expected = in_control_group([str(i) for i in range(3_000)], 0.3, "hillstrom-split-0")
+    assert ids_test == set(np.flatnonzero(expected))
+    # Membership depends on the row alone, not on which other rows are in the file.
+    _, test_of_half = split_by_row_id(frame.iloc[::2], 0.3, seed=0)
+    assert set(test_of_half["row_id"]) == {i for i in ids_test if i % 2 == 0}
+    # Another seed, another split.
+    _, other = split_by_row_id(frame, 0.3, seed=1)
+    assert set(other["row_id"]) != ids_test
+    with pytest.raises(ValueError, match="test share"):
+        split_by_row_id(frame, 1.0, seed=0)
+
+
+def test_cli_checks_the_train_and_test_files(
+    tmp_path: Path, synthetic_csv: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["--json", str(tmp_path / "out.json")]
+    broken = tmp_path / "test_broken.csv"
+    synthetic_frame(50).drop(columns=["channel"]).to_csv(broken, index=False)
+    assert main(["--train", str(synthetic_csv), "--test", str(broken), *out]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(broken) in err
+    assert "'channel'" in err
+    assert "\n" not in err
+    assert main(["--train", str(synthetic_csv), *out]) == 2
+    assert "--train and --test" in capsys.readouterr().err
+    split = ["--split-test-share", "0.3"]
+    assert main(["--train", str(synthetic_csv), "--test", str(synthetic_csv), *split, *out]) == 2
+    assert "--split-test-share" in capsys.readouterr().err
+    assert main(["--data", str(synthetic_csv), "--split-test-share", "0", *out]) == 2
+    assert "--split-test-share" in capsys.readouterr().err
+
+
+def test_held_out_t_learner_finds_the_planted_effect_on_the_test_rows() -> None:
+    train = load_frame(synthetic_frame(3_000, seed=0))
+    test = load_frame(synthetic_frame(1_500, seed=1))
+    result = evaluate_outcome(
+        train, "conversion", inner_folds=0, n_boot=200, seed=0, learners=("t_learner",), test=test
+    )
+    assert result.details["rows"] == 1_500
+    assert result.details["train_rows"] == 3_000
+    assert len(result.actions[T_LEARNER]) == 1_500
+    learned = result.policy(T_LEARNER).values
+    for name in CONSTANTS:
+        assert learned["ips"].point > result.policy(name).values["ips"].point + 0.03
+    mens = test["mens"].to_numpy() == 1
+    assert (result.actions[T_LEARNER][mens] == 0).mean() > 0.8
+    assert (result.actions[T_LEARNER][~mens] == 1).mean() > 0.8
+    # Every value is estimated on the test rows: the logging policy's is their observed mean.
+    assert result.policy("logging policy (observed)").values["ips"].point == pytest.approx(
+        test["conversion"].mean()
+    )
+
+
+def load_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A frame as `load_hillstrom` returns it, without a file."""
+    out = frame.copy()
+    out["action"] = out["segment"].map({arm: i for i, arm in enumerate(ARMS)}).astype(np.int64)
+    out["row_id"] = np.arange(len(out))
+    return out
+
+
+@pytest.mark.slow
+def test_two_files_learners_never_see_the_test_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each row's spend is its id (train 1000 + i, test 5000 + i), and both learners record the spend of
+    every row they are fitted on: every fit of the run (cross-fitted folds, inner folds of the thresholds,
+    the held-out fit, the refits) must see train ids only."""
+    seen: list[np.ndarray] = []
+
+    class RecordingT(hillstrom_estimates.TLearner):
+        def fit(self, x: np.ndarray, action: np.ndarray, propensity: np.ndarray, y: np.ndarray) -> Any:
+            seen.append(y.copy())
+            return super().fit(x, action, propensity, y)
+
+    class RecordingNet(hillstrom_estimates.NetLearner):
+        def fit(self, x: np.ndarray, action: np.ndarray, propensity: np.ndarray, y: np.ndarray) -> Any:
+            seen.append(y.copy())
+            return super().fit(x, action, propensity, y)
+
+    monkeypatch.setattr(hillstrom_estimates, "TLearner", RecordingT)
+    monkeypatch.setattr(hillstrom_estimates, "NetLearner", RecordingNet)
+    paths = {}
+    for name, n, seed, first_id in (("train", 600, 0, 1_000), ("test", 300, 1, 5_000)):
+        frame = synthetic_frame(n, seed)
+        frame["spend"] = first_id + np.arange(n, dtype=float)
+        paths[name] = tmp_path / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    md, out = tmp_path / "BENCHMARKS.md", tmp_path / "hillstrom.json"
+    args = ["--train", str(paths["train"]), "--test", str(paths["test"]), "--outcome", "spend"]
+    args += ["--folds", "2", "--inner-folds", "2", "--n-boot", "50", "--model-seeds", "1"]
+    args += ["--refit-seeds", "1", "--json", str(out), "--markdown", str(md)]
+    assert main(args) == 0
+    capsys.readouterr()
+
+    # 2 learners x (2 outer folds + 2 x 2 inner folds + 2 refit folds) cross-fitted,
+    # and 2 x (1 + 2 inner + 1 refit) held out.
+    assert len(seen) == 2 * (2 + 4 + 2) + 2 * (1 + 2 + 1)
+    ids = [set((y - 1_000).astype(int).tolist()) for y in seen]
+    train_ids = set(range(600))
+    assert all(s <= train_ids for s in ids)
+    # The held-out fits are fitted on the whole train file.
+    assert sum(s == train_ids for s in ids) == 2 * 2
+
+    text = md.read_text()
+    assert text.count(MARKER_START) == 1
+    assert "### Policy value: spend ($ per customer), cross-fitted within the train population" in text
+    held_out = (
+        "### Policy value: spend ($ per customer), fitted on the train population, evaluated on the test"
+    )
+    assert held_out in text
+    assert f"train population: `{paths['train']}`, 600 customers" in text
+    assert f"test population: `{paths['test']}`, 300 customers" in text
+    assert text.count("| **model (IPS-BCE net)** |") == 2
+    report = json.loads(out.read_text())
+    assert report["rows"] == 600
+    assert report["heldout"]["rows"] == 300
+    held = report["heldout"]["outcomes"]["spend"]
+    observed = next(p for p in held["policies"] if p["name"] == "logging policy (observed)")
+    # Values on the test file: its mean spend is 5000 + 299 / 2.
+    assert observed["values"]["ips"]["point"] == pytest.approx(5_149.5)
+
+
+@pytest.mark.slow
+def test_cli_split_of_one_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "hillstrom.csv"
+    synthetic_frame(600).to_csv(path, index=False)
+    out, md = tmp_path / "out.json", tmp_path / "BENCHMARKS.md"
+    args = ["--data", str(path), "--split-test-share", "0.3", "--split-seed", "2", "--folds", "2"]
+    args += ["--inner-folds", "0", "--n-boot", "20", "--model-seeds", "1", "--json", str(out)]
+    assert main([*args, "--markdown", str(md)]) == 0
+    capsys.readouterr()
+    train, test = split_by_row_id(load_hillstrom(path), 0.3, seed=2)
+    report = json.loads(out.read_text())
+    assert (report["rows"], report["heldout"]["rows"]) == (len(train), len(test))
+    text = md.read_text()
+    assert "split by a seeded hash of the row id" in text
+    assert "test share 0.3, split seed 2" in text

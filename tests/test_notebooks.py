@@ -34,7 +34,17 @@ EXPLORE, RETRAIN, REVIEW = "01-explore-journeys", "02-retrain-and-register", "03
 # A kernelspec of our own, found first through JUPYTER_PATH: the kernel runs this interpreter (the
 # project's venv) whatever kernels the machine has registered, and a fresh clone needs no install step.
 KERNEL = "journey-engine-tests"
-SCORERS = {"sequence", "popularity", "own_history", "item_knn", "lightgbm_aggregates"}
+SCORERS = {
+    "sequence",
+    "popularity",
+    "own_history",
+    "item_knn",
+    "tifu_knn",
+    "lightgbm_aggregates",
+    "logistic_rf",
+}
+# Scorers that predict no items (propensities, and the stage for LightGBM).
+NOT_RECOMMENDERS = {"lightgbm_aggregates", "logistic_rf"}
 SMALL_SHOP = {"n_customers": 1_500, "days": 120, "n_items": 300, "seed": 0}
 SMALL_FIT = {"max_epochs": 3, "max_train_rows": 20_000, "n_boot": 20, "journey_map": False}
 
@@ -162,7 +172,7 @@ def test_retrain_evaluates_a_model_better_than_chance_beside_the_baselines(execu
         assert 0.2 < sequence["stage/macro_f1"] <= 1.0
         assert 0.5 < sequence["purchase_7d/roc_auc"] <= 1.0
         assert 0.2 < r["metrics"]["lightgbm_aggregates"]["stage/macro_f1"] <= 1.0
-        recommenders = SCORERS - {"lightgbm_aggregates"}
+        recommenders = SCORERS - NOT_RECOMMENDERS
         assert all(0.0 <= r["metrics"][s]["rec/recall_at_10"] <= 1.0 for s in recommenders)
 
 

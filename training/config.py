@@ -13,7 +13,15 @@ from os import PathLike
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from features.config import load_settings
 from features.policy import RuleConfig, load_rules
@@ -66,7 +74,8 @@ class ModelSettings(Section):
 
 
 class FitSettings(Section):
-    """`training.sequence.FitConfig` fields."""
+    """`training.sequence.FitConfig` fields; `threads` 0 is automatic (`training.budget.threads`), and a
+    `resume_from` that does not exist is refused when the config is loaded."""
 
     max_epochs: int = _FIT.max_epochs
     patience: int = _FIT.patience
@@ -80,6 +89,21 @@ class FitSettings(Section):
     stage_class_power: float = _FIT.stage_class_power
     seed: int = _FIT.seed
     device: str = _FIT.device
+    threads: int = Field(default=_FIT.threads, ge=0)
+    time_budget_s: float | None = Field(default=_FIT.time_budget_s, ge=0)
+    checkpoint_dir: PathText | None = _FIT.checkpoint_dir
+    resume_from: PathText | None = _FIT.resume_from
+    lr_warmup_epochs: float = Field(default=_FIT.lr_warmup_epochs, ge=0)
+    lr_decay_epochs: float = Field(default=_FIT.lr_decay_epochs, gt=0)
+    lr_min_ratio: float = Field(default=_FIT.lr_min_ratio, ge=0, le=1)
+
+    @field_validator("resume_from")
+    @classmethod
+    def _checkpoint_exists(cls, value: str | None) -> str | None:
+        # Checked here, not after the features build is opened and the run started.
+        if value is not None and not Path(value).exists():
+            raise ValueError(f"no checkpoint at {value}")
+        return value
 
 
 class BaselineSettings(Section):
@@ -97,6 +121,15 @@ class BaselineSettings(Section):
     knn_decay: float = _BASELINES.knn_decay
     knn_own_weight_grid: tuple[float, ...] = _BASELINES.knn_own_weight_grid
     knn_popularity_weight_grid: tuple[float, ...] = _BASELINES.knn_popularity_weight_grid
+    tifu_neighbours_grid: tuple[int, ...] = _BASELINES.tifu_neighbours_grid
+    tifu_alpha_grid: tuple[float, ...] = _BASELINES.tifu_alpha_grid
+    tifu_within_decay_grid: tuple[float, ...] = _BASELINES.tifu_within_decay_grid
+    tifu_group_decay_grid: tuple[float, ...] = _BASELINES.tifu_group_decay_grid
+    tifu_group_size_grid: tuple[int, ...] = _BASELINES.tifu_group_size_grid
+    tifu_browse_weight_grid: tuple[float, ...] = _BASELINES.tifu_browse_weight_grid
+    tifu_max_tune_rows: int = _BASELINES.tifu_max_tune_rows
+    logistic_features: tuple[str, ...] = _BASELINES.logistic_features
+    logistic_c_grid: tuple[float, ...] = _BASELINES.logistic_c_grid
     lgbm_learning_rate: float = _BASELINES.lgbm_learning_rate
     lgbm_num_leaves: int = _BASELINES.lgbm_num_leaves
     lgbm_min_child_samples: int = _BASELINES.lgbm_min_child_samples

@@ -13,6 +13,7 @@ import pyarrow as pa
 from features.build import load_rows, padded_tokens
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS
 from features.schema import ACTIONS, STAGES
+from features.snapshots import population_rule
 from features.vocab import FIRST, Vocabulary
 from predictor.model import DEFAULT_TARGETS
 
@@ -44,6 +45,10 @@ class FeatureData:
         logged_propensity: (n,) float64, NaN where none.
         outcome: (n,) float32, the logged decision's outcome (purchase in its window), NaN where none.
         unsubscribed: (n,) float32, unsubscribe after the logged decision, NaN where none.
+        segment: (n,) where each customer stands at the cutoff (`features.snapshots.SEGMENTS`), None for
+            a build from before segments; the evaluation reports every metric per segment.
+        split: the split's name, and `population` who has a row in it in words
+            (`features.snapshots.population_rule`): the evaluation's population line.
     """
 
     customer_id: np.ndarray
@@ -59,6 +64,9 @@ class FeatureData:
     outcome: np.ndarray
     unsubscribed: np.ndarray
     n_items: int
+    segment: np.ndarray | None = None
+    split: str | None = None
+    population: str | None = None
 
     def __len__(self) -> int:
         return len(self.length)
@@ -84,6 +92,9 @@ class FeatureData:
             outcome=self.outcome[idx],
             unsubscribed=self.unsubscribed[idx],
             n_items=self.n_items,
+            segment=None if self.segment is None else self.segment[idx],
+            split=self.split,
+            population=self.population,
         )
 
     @classmethod
@@ -121,6 +132,11 @@ class FeatureData:
             outcome=_floats(table.column("outcome_purchase")).astype(np.float32),
             unsubscribed=_floats(table.column("outcome_unsubscribe")).astype(np.float32),
             n_items=n_items,
+            segment=(
+                np.asarray(table.column("segment").to_pylist(), dtype=object)
+                if "segment" in table.column_names
+                else None
+            ),
         )
 
 
@@ -162,4 +178,7 @@ class FeatureBuild:
         return propensity_targets(self.manifest["config"].get("labels", {}))
 
     def split(self, name: str) -> FeatureData:
-        return FeatureData.from_table(load_rows(self.path, name), self.max_len, self.n_items, self.targets)
+        data = FeatureData.from_table(load_rows(self.path, name), self.max_len, self.n_items, self.targets)
+        data.split = name
+        data.population = population_rule(self.manifest["config"], name)
+        return data

@@ -26,6 +26,13 @@ an interval also has `<name>_lo` and `<name>_hi` (95 % percentile bootstrap over
   Policies: no_send, uniform, playbook, playbook_hindsight (knows the future: a reference, not deployable),
   playbook_true_stage (simulated data), learned, best_constant (the single action, sent wherever allowed,
   with the highest SNIPS value on these rows: chosen on the test rows, so slightly optimistic).
+* segments (rows of a build: `features.snapshots.BuildConfig`): every metric above once more on each
+  segment's rows, as `segment/<g>/<metric>` for <g> in active, lapsed, new (lapsed customers are in the
+  validation and test windows, and their figures differ), and `segment/<g>/n_rows`, which add up to the
+  split's rows. The metrics without a prefix, which the gate reads, stay on all rows.
+
+`info["population"]` says who was evaluated (split, cutoffs, rows, the build's rule, rows per segment);
+`training.results.population_line` turns it into the line every comparison table carries.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ from features.encoder import MS_PER_DAY
 from features.policy import NO_SEND, RuleConfig, eligibility
 from features.schema import STAGES
 from features.sim import LATENT_TO_STAGE
+from features.snapshots import SEGMENTS
 from features.vocab import FIRST
 from stats import RowStatistic, bootstrap_means
 from training.data import FeatureData
@@ -153,8 +161,10 @@ def evaluate(
     alpha: float = 0.05,
     n_bins: int = 10,
     name: str = "scorer",
+    segments: bool = True,
 ) -> EvaluationResult:
-    """Scores one scorer's predictions on one split: stage, propensities, recommendations and policies.
+    """Scores one scorer's predictions on one split: stage, propensities, recommendations and policies,
+    on all rows and on each segment's.
 
     Args:
         pred: the scorer's predictions for `data`'s rows.
@@ -168,11 +178,68 @@ def evaluate(
         alpha: 1 - coverage of the intervals.
         n_bins: equal-width bins of the calibration error and reliability curves.
         name: the scorer's name.
+        segments: also every metric on each segment's rows (when `data.segment` is known).
     """
     if truth is not None and len(truth.stage) != len(data):
         raise ValueError(f"truth has {len(truth.stage)} rows, the data {len(data)}")
+    settings: dict[str, Any] = {"catalogue_size": catalogue_size, "ks": ks, "rules": rules, "n_bins": n_bins,
+                "boot": {"n_boot": n_boot, "seed": seed, "alpha": alpha}}  # fmt: skip
+    result = _evaluate_rows(pred, data, truth, name=name, **settings)
+    result.info["population"] = population(data)
+    if segments and data.segment is not None:
+        for g in SEGMENTS:
+            rows = data.segment == g
+            result.put(f"segment/{g}/n_rows", int(rows.sum()))
+            if not rows.any():
+                continue
+            part = _evaluate_rows(_take(pred, rows), data.subset(rows), _take_truth(truth, rows), name=name,
+                                  **settings)  # fmt: skip
+            result.metrics.update({f"segment/{g}/{k}": v for k, v in part.metrics.items()})
+            result.rows.update({f"segment/{g}/{k}": v for k, v in part.rows.items()})
+            result.info.setdefault("segments", {})[g] = part.info
+    bad = [k for k in result.metrics if not is_valid_metric_name(k)]
+    if bad:  # a programming error: every name above is built from fixed parts
+        raise AssertionError(f"invalid metric names: {bad}")
+    return result
+
+
+def population(data: FeatureData) -> dict[str, Any]:
+    """Who is evaluated: the split, its cutoffs and rows, the build's rule, and the rows per segment."""
+    counts = {} if data.segment is None else {g: int(np.sum(data.segment == g)) for g in SEGMENTS}
+    return {"split": data.split, "n_cutoffs": len(np.unique(data.cutoff_ms)), "n_rows": len(data),
+            "rule": data.population, "segments": counts}  # fmt: skip
+
+
+def _take(pred: Predictions, rows: np.ndarray) -> Predictions:
+    """The predictions of some rows (a boolean mask)."""
+
+    def take(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else np.asarray(a)[rows]
+
+    return Predictions(stage_proba=take(pred.stage_proba),
+                       propensity={k: np.asarray(v)[rows] for k, v in pred.propensity.items()},
+                       top_items=take(pred.top_items), top_scores=take(pred.top_scores),
+                       action_outcome=take(pred.action_outcome))  # fmt: skip
+
+
+def _take_truth(truth: SimTruth | None, rows: np.ndarray) -> SimTruth | None:
+    return None if truth is None else SimTruth(stage=truth.stage[rows], p_convert=truth.p_convert[rows])
+
+
+def _evaluate_rows(
+    pred: Predictions,
+    data: FeatureData,
+    truth: SimTruth | None,
+    *,
+    name: str,
+    catalogue_size: int,
+    ks: Sequence[int],
+    rules: RuleConfig | None,
+    n_bins: int,
+    boot: Mapping[str, Any],
+) -> EvaluationResult:
+    """Every metric on these rows (`evaluate` without segments)."""
     result = EvaluationResult(name=name, info={"n_rows": len(data)})
-    boot = {"n_boot": n_boot, "seed": seed, "alpha": alpha}
     if pred.stage_proba is not None:
         proba = np.asarray(pred.stage_proba)
         _stage(result, proba, data.stage, "stage", boot)
@@ -187,9 +254,6 @@ def evaluate(
         _recommendations(result, np.asarray(pred.top_items), data, catalogue_size, ks, boot)
     if data.has_decisions.any():
         _policies(result, pred, data, truth, rules, boot)
-    bad = [k for k in result.metrics if not is_valid_metric_name(k)]
-    if bad:  # a programming error: every name above is built from fixed parts
-        raise AssertionError(f"invalid metric names: {bad}")
     return result
 
 

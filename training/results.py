@@ -2,7 +2,8 @@
 
 `EvaluationResult` holds one scorer's metrics on one split (names: `training.evaluate`), the row-level data
 behind them and the data of its plots; `compare` takes a paired difference of two results on the same rows;
-`results_table` and `markdown_table` put several results side by side.
+`results_table` and `markdown_table` put several results side by side, followed by the line that says who was
+evaluated (`population_line`): a figure means little without its population.
 """
 
 from __future__ import annotations
@@ -167,13 +168,41 @@ def results_table(
         while column in columns:  # two results of the same name stay apart
             column, i = f"{r.name} ({i})", i + 1
         columns[column] = [cell(r, m) for m in names]
-    return pd.DataFrame(columns, index=pd.Index(names, name="metric"))
+    frame = pd.DataFrame(columns, index=pd.Index(names, name="metric"))
+    frame.attrs["population"] = population_line(results)
+    return frame
+
+
+def population_line(results: Sequence[EvaluationResult]) -> str:
+    """Who the results were computed on, in one line ("" when unknown), e.g. "Population: test window,
+    2 cutoffs, 12,345 customer-cutoffs with history before the cutoff (active 7,001, lapsed 4,900, new 444)".
+
+    Results on different rows (they should not be, side by side) give one line each, joined by " | ".
+    """
+    lines: dict[str, None] = {}
+    for r in results:
+        pop = r.info.get("population")
+        if not pop:
+            continue
+        n_cut = pop["n_cutoffs"]
+        parts = [f"{pop['split']} window"] if pop.get("split") else []
+        parts += [f"{n_cut:,} cutoff{'' if n_cut == 1 else 's'}", f"{pop['n_rows']:,} customer-cutoffs"]
+        line = "Population: " + ", ".join(parts)
+        if pop.get("rule"):
+            line += f" {pop['rule']}"
+        if pop.get("segments"):
+            line += " (" + ", ".join(f"{g} {n:,}" for g, n in pop["segments"].items()) + ")"
+        lines[line] = None
+    return " | ".join(lines)
 
 
 def markdown_table(frame: pd.DataFrame) -> str:
-    """A frame of strings as a GitHub Markdown table (index as the first column)."""
+    """A frame of strings as a GitHub Markdown table (index as the first column), followed by the
+    population line of `results_table` when the frame carries one."""
     header = [str(frame.index.name or ""), *map(str, frame.columns)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     for idx, row in frame.iterrows():
         lines.append("| " + " | ".join([str(idx), *(str(v) for v in row)]) + " |")
+    if frame.attrs.get("population"):
+        lines += ["", str(frame.attrs["population"])]
     return "\n".join(lines)

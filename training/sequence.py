@@ -14,7 +14,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -28,10 +28,12 @@ from torch.utils.data.distributed import DistributedSampler
 from features.encoder import TOKEN_FIELDS
 from features.schema import ACTIONS, STAGES
 from features.vocab import FIRST, Vocabulary
-from predictor.model import UNSUBSCRIBE, Calibration, JourneyModel, ModelConfig, ModelOutput
+from predictor.model import JourneyModel, ModelConfig, ModelOutput
 from predictor.predictor import Predictor, forward, raw_outputs
+from training.budget import Checkpoints, deadline, epoch_seed, lr_schedule, past, resume
 from training.data import FeatureData
 from training.interface import Predictions
+from training.temperature import temperatures
 
 log = logging.getLogger(__name__)
 NO_SEND = ACTIONS.index("no_send")
@@ -53,6 +55,20 @@ class FitConfig:
             shop, so an unweighted loss learns to call the short stages (decision, awareness) rarely;
             weights trade a little accuracy for a better macro-F1, and the stage probabilities then lean
             toward the short stages (temperature scaling does not undo that).
+        threads: torch, LightGBM and BLAS threads of a training run (0: `training.budget.threads()`, the
+            free cores of this process; the environment variable JOURNEY_THREADS, if set, before that).
+            Read by `training.train.train`; a `SequenceScorer` alone uses the process's settings.
+        time_budget_s: stop at the first batch boundary after this many seconds of the fit (None: no
+            budget), then keep the best validation state as usual. The validation pass of that last
+            (partial) epoch and the calibration come on top.
+        checkpoint_dir: where the best state so far is written (`training.budget.Checkpoints`); None: a
+            temporary folder, removed when the fit ends normally, kept when it is interrupted.
+        resume_from: a checkpoint (or its folder) to continue from: its weights, optimiser and schedule
+            state, epoch, best validation loss and history; `max_epochs` still counts from the first epoch.
+        lr_warmup_epochs, lr_decay_epochs, lr_min_ratio: the schedule (`training.budget.lr_schedule`):
+            linear warmup, then a cosine down to `lr * lr_min_ratio` at `lr_decay_epochs`, then flat; in
+            epochs of the data, so that it keeps its shape whatever `max_epochs` or the time budget. The
+            horizon defaults to the default `max_epochs`.
     """
 
     max_epochs: int = 8
@@ -69,6 +85,13 @@ class FitConfig:
     stage_class_power: float = 0.5  # chosen on the validation window (BENCHMARKS.md, stage labels)
     seed: int = 0
     device: str = "auto"
+    threads: int = 0
+    time_budget_s: float | None = None
+    checkpoint_dir: str | None = None
+    resume_from: str | None = None
+    lr_warmup_epochs: float = 0.5
+    lr_decay_epochs: float = 8.0
+    lr_min_ratio: float = 0.1
 
     def resolve_device(self) -> torch.device:
         if self.device == "auto":
@@ -202,7 +225,13 @@ class SequenceScorer:
 
     # -- training -------------------------------------------------------------------------------------
     def fit(self, train: FeatureData, valid: FeatureData) -> SequenceScorer:
+        """Trains on `train` until `max_epochs`, the patience on `valid`'s loss or the time budget runs out
+        (`stopped_` says which), keeps the best validation state (on disk too: `FitConfig.checkpoint_dir`)
+        and calibrates on `valid`. Every epoch shuffles and drops out from a seed of its own, so that a fit
+        resumed from a checkpoint continues as the uninterrupted one would have."""
         cfg = self.fit_config
+        started = time.perf_counter()
+        deadline_at = deadline(started, cfg.time_budget_s)
         torch.manual_seed(cfg.seed)
         rank, world = _ddp()
         device = cfg.resolve_device()
@@ -228,36 +257,65 @@ class SequenceScorer:
             dataset, batch_size=cfg.batch_size, shuffle=sampler is None, sampler=sampler, generator=generator
         )
         optimiser = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        steps = cfg.max_epochs * math.ceil(len(loader))
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=cfg.lr, total_steps=max(steps, 1))
-        best, best_state, bad = math.inf, None, 0
-        self.history_: list[dict[str, float]] = []
-        for epoch in range(cfg.max_epochs):
-            if sampler is not None:
-                sampler.set_epoch(epoch)
-            started = time.perf_counter()
-            train_loss = self._train_epoch(net, loader, optimiser, scheduler, device, epoch)
-            valid_loss, parts = self._valid_loss(model, valid, device)
-            record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
-                      "epoch_seconds": time.perf_counter() - started}  # fmt: skip
-            record.update({f"valid_{k}_loss": v for k, v in parts.items()})
-            self.history_.append(record)
-            if rank == 0:
-                log.info("epoch %d: train %.4f valid %.4f (%.0f s)", epoch, train_loss, valid_loss,
-                         record["epoch_seconds"])  # fmt: skip
-                if self.on_epoch:
-                    self.on_epoch(epoch, record)
-            if valid_loss < best - 1e-4:
-                best, bad = valid_loss, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= cfg.patience:
+        scheduler = lr_schedule(optimiser, len(loader), cfg.lr_warmup_epochs, cfg.lr_decay_epochs,
+                                cfg.lr_min_ratio)  # fmt: skip
+        saved = resume(cfg.resume_from, model, optimiser, scheduler) if cfg.resume_from else {}
+        best, bad, first = saved.get("best", math.inf), 0, saved.get("epoch", -1) + 1
+        best_state = saved.get("model")
+        self.history_: list[dict[str, float]] = list(saved.get("history", []))
+        self.stopped_, whole = "max_epochs", []
+        checkpoints = Checkpoints(cfg.checkpoint_dir) if rank == 0 else None
+        try:
+            for epoch in range(first, cfg.max_epochs):
+                seed = epoch_seed(cfg.seed, epoch)
+                torch.manual_seed(seed)  # this epoch's dropout
+                generator.manual_seed(seed)  # this epoch's order
+                if sampler is not None:
+                    sampler.set_epoch(epoch)
+                epoch_started = time.perf_counter()
+                train_loss, steps, over = self._train_epoch(net, loader, optimiser, scheduler, device, epoch,
+                                                            deadline_at)  # fmt: skip
+                valid_loss, parts = self._valid_loss(model, valid, device)
+                record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
+                          "epoch_seconds": time.perf_counter() - epoch_started,
+                          "lr": float(scheduler.get_last_lr()[0]), "steps": steps}  # fmt: skip
+                record.update({f"valid_{k}_loss": v for k, v in parts.items()})
+                self.history_.append(record)
+                if not over:
+                    whole.append(record["epoch_seconds"])
+                if rank == 0:
+                    log.info("epoch %d: train %.4f valid %.4f (%.0f s)", epoch, train_loss, valid_loss,
+                             record["epoch_seconds"])  # fmt: skip
+                    if self.on_epoch:
+                        self.on_epoch(epoch, record)
+                if valid_loss < best - 1e-4:
+                    best, bad = valid_loss, 0
+                    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    if checkpoints is not None:
+                        checkpoints.save(model, optimiser, scheduler, epoch=epoch, best=best,
+                                         history=self.history_, fit_config=asdict(cfg))  # fmt: skip
+                else:
+                    bad += 1
+                    if bad >= cfg.patience:
+                        self.stopped_ = "patience"
+                        break
+                if over:
+                    self.stopped_ = "budget"
+                    log.info("time budget of %.0f s spent after epoch %d", cfg.time_budget_s or 0, epoch)
                     break
+        except BaseException:
+            if checkpoints is not None:
+                checkpoints.interrupted()
+            raise
+        if checkpoints is not None:
+            checkpoints.close()
+        # Epochs of this fit that ran whole (a partial one where none did), training and validation.
+        spent = whole or [h["epoch_seconds"] for h in self.history_[first:]]
+        self.seconds_per_epoch_ = float(np.median(spent)) if spent else math.nan
         if best_state is not None:
             model.load_state_dict(best_state)
         self.model_ = model.to("cpu").eval()
-        self.calibration_ = self._calibrate(valid)
+        self.calibration_ = temperatures(self._forward_all(valid), valid, self.model_config.propensity_heads)
         return self
 
     def _train_epoch(
@@ -268,11 +326,14 @@ class SequenceScorer:
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         device: torch.device,
         epoch: int,
-    ) -> float:
+        deadline_at: float = math.inf,
+    ) -> tuple[float, int, bool]:
+        """One pass over `loader` (mean training loss, optimiser steps, whether it stopped on the deadline:
+        at the first batch boundary past it, after one step at least)."""
         from features.progress import progress_bar
 
         net.train()
-        total, n = 0.0, 0
+        total, n, steps, over = 0.0, 0, 0, False
         rank, world = _ddp()
         with progress_bar(self.progress and rank == 0, f"epoch {epoch}", total=len(loader)) as advance:
             for batch in loader:
@@ -285,12 +346,16 @@ class SequenceScorer:
                 scheduler.step()
                 total += loss.item() * len(batch["stage"])
                 n += len(batch["stage"])
+                steps += 1
                 advance(1)
+                if past(deadline_at, device):
+                    over = True
+                    break
         if world > 1:
             t = torch.tensor([total, n], dtype=torch.float64, device=device)
             dist.all_reduce(t)
             total, n = float(t[0]), int(t[1])
-        return total / max(n, 1)
+        return total / max(n, 1), steps, over
 
     @torch.inference_mode()
     def _valid_loss(
@@ -311,46 +376,6 @@ class SequenceScorer:
             for k, v in p.items():
                 parts[k] = parts.get(k, 0.0) + v * size
         return total / max(n, 1), {k: v / max(n, 1) for k, v in parts.items()}
-
-    @torch.inference_mode()
-    def _calibrate(self, valid: FeatureData) -> Calibration:
-        """Temperature scaling per head on the validation window (minimum negative log-likelihood)."""
-        outs = self._forward_all(valid)
-        grid = np.exp(np.linspace(np.log(0.25), np.log(4.0), 49))
-        stage_logits = outs["stage"]
-        y = valid.stage
-
-        def nll_softmax(t: float) -> float:
-            z = stage_logits / t
-            z = z - z.max(axis=1, keepdims=True)
-            logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-            return float(-logp[np.arange(len(y)), y].mean())
-
-        def nll_sigmoid(logit: np.ndarray, target: np.ndarray, t: float) -> float:
-            z = logit / t
-            return float(np.mean(np.logaddexp(0, z) - target * z))
-
-        stage_t = float(min(grid, key=nll_softmax)) if len(y) else 1.0
-        prop_t = []
-        for j, name in enumerate(self.model_config.propensity_heads):
-            if name == UNSUBSCRIBE:
-                ok = (
-                    (valid.logged_action >= 0)
-                    & (valid.logged_action != NO_SEND)
-                    & ~np.isnan(valid.unsubscribed)
-                )
-                target = valid.unsubscribed[ok]
-            else:
-                ok = np.ones(len(valid), dtype=bool)
-                target = valid.targets[name]
-            logit = outs["propensity"][ok, j]
-            prop_t.append(float(min(grid, key=lambda t: nll_sigmoid(logit, target, t))) if ok.any() else 1.0)
-        ok = valid.logged_action >= 0
-        action_t = 1.0
-        if ok.any():
-            logit = outs["action"][ok, valid.logged_action[ok]]
-            action_t = float(min(grid, key=lambda t: nll_sigmoid(logit, valid.outcome[ok], t)))
-        return Calibration(stage=stage_t, propensity=prop_t, action=action_t)
 
     # -- prediction ---------------------------------------------------------------------------------
     def _forward_all(self, data: FeatureData, k: int = 0) -> dict[str, np.ndarray]:

@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,11 @@ from features.build import input_files
 from predictor.model import ModelConfig
 from predictor.predictor import Predictor
 from predictor.registry import MODEL_NAME, configure, load_registered
+from training.budget import threads, use_threads
 from training.config import BaselineSettings, TrainConfig
 from training.data import FeatureBuild, FeatureData
 from training.evaluate import evaluate, load_sim_truth
+from training.heads import untrained_heads
 from training.interface import Predictions, Scorer
 from training.registry import GateConfig, check_gate, gate_metrics_for, log_scorer
 from training.results import EvaluationResult, markdown_table, results_table
@@ -72,6 +74,10 @@ class TrainResult:
             model failed the gate and was not forced).
         gate_failures: the gate's reasons to refuse the model, one line each ([]: it passed).
         forced: registered although the gate failed.
+        seconds_per_epoch: the sequence model's median seconds per whole epoch (training and validation).
+        stopped: why the sequence model's fit stopped: max_epochs, patience or budget (`fit.time_budget_s`).
+        untrained: heads without a labelled training row (`training.heads`), one line each (also in
+            `gate_failures`): the model is not registered then, not even forced.
     """
 
     run_id: str | None
@@ -80,6 +86,9 @@ class TrainResult:
     seconds: dict[str, float]
     gate_failures: list[str] = field(default_factory=list)
     forced: bool = False
+    seconds_per_epoch: float | None = None
+    stopped: str | None = None
+    untrained: list[str] = field(default_factory=list)
 
     @property
     def refused(self) -> bool:
@@ -88,15 +97,23 @@ class TrainResult:
 
 
 def fit_baselines(
-    config: TrainConfig, train_data: FeatureData, valid: FeatureData, seconds: dict[str, float]
+    config: TrainConfig,
+    train_data: FeatureData,
+    valid: FeatureData,
+    seconds: dict[str, float],
+    n_threads: int | None = None,
 ) -> dict[str, Scorer]:
-    """Every baseline fitted on the same training window, timed."""
+    """Every baseline fitted on the same training window, timed; LightGBM on `n_threads` threads (the
+    run's) unless `baselines.num_threads` is set."""
     fitted: dict[str, Scorer] = {}
     if not config.baselines.enabled:
         return fitted
     from training.baselines import all_baselines
 
-    for baseline in all_baselines(config.baseline_config()):
+    baseline_config = config.baseline_config()
+    if n_threads and "num_threads" not in config.baselines.given():
+        baseline_config = replace(baseline_config, num_threads=n_threads)
+    for baseline in all_baselines(baseline_config):
         started = time.perf_counter()
         baseline.fit(train_data, valid)
         seconds[baseline.name] = time.perf_counter() - started
@@ -188,6 +205,8 @@ def train(
     rows), below its floor, or below the best baseline of this run on the same test rows by more than the
     tolerance. A refused model is not registered (the alias `challenger` does not move): the run keeps
     every metric, the tag `gate` (passed / refused / forced) and the tag `gate_reasons`, one line each.
+    A model with a head that had no labelled training row (`training.heads.untrained_heads`) is refused
+    even when forced (tag `untrained_heads`).
 
     Args:
         force_register: register even if the gate fails (tag `gate` = forced, and a warning).
@@ -196,7 +215,8 @@ def train(
     """
     distributed = init_distributed()
     rank = _rank()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("WORLD_SIZE", "1"))))
+    # One count for torch, LightGBM and BLAS: the free cores of this process (fit.threads, JOURNEY_THREADS).
+    n_threads = use_threads(threads(config.fit.threads))
     build = FeatureBuild.open(Path(config.features))
     train_data, valid, test = build.split("train"), build.split("valid"), build.split("test")
     model_config: ModelConfig = model_config_for(build, **config.model.model_dump())
@@ -205,6 +225,7 @@ def train(
     with tracked_run(rank == 0) as run_id:
         if rank == 0:
             _log_config(config, build, model_config)
+            mlflow.log_param("threads", n_threads)
 
         def on_epoch(epoch: int, record: dict[str, float]) -> None:
             mlflow.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=epoch)
@@ -219,23 +240,29 @@ def train(
         if rank != 0:
             dist.destroy_process_group()
             return TrainResult(None, None, [], seconds)
+        mlflow.set_tag("fit_stopped", sequence.stopped_)  # max_epochs, patience or budget
+        mlflow.log_metric("sequence/seconds_per_epoch", sequence.seconds_per_epoch_)
 
-        scorers: dict[str, Any] = {"sequence": sequence, **fit_baselines(config, train_data, valid, seconds)}
+        baselines = fit_baselines(config, train_data, valid, seconds, n_threads)
+        scorers: dict[str, Any] = {"sequence": sequence, **baselines}
         results = evaluate_scorers(scorers, build, test, config)
         _log_results(results, seconds, len(test))
         fitted = FittedRun(config, build, results, sequence)
         for report in reporters:
             report(fitted)
-        failures = gate_verdict(results, test, build.targets, config.gate_config())
-        forced = bool(failures) and force_register and config.register_model
+        untrained = untrained_heads(train_data, build.targets, build.manifest)  # no force overrides these
+        failures = untrained + gate_verdict(results, test, build.targets, config.gate_config())
+        forced = bool(failures) and force_register and config.register_model and not untrained
         mlflow.set_tags(
             {
                 "gate": "forced" if forced else ("refused" if failures else "passed"),
                 "gate_reasons": "\n".join(failures)[:5000],
             }
         )
+        if untrained:
+            mlflow.set_tag("untrained_heads", "\n".join(untrained)[:5000])
         version = None
-        if config.register_model and (not failures or force_register):
+        if config.register_model and not untrained and (not failures or force_register):
             if forced:
                 log.warning("FORCED registration despite the gate: %s", "; ".join(failures))
             example = _example_events(build)
@@ -245,7 +272,8 @@ def train(
             log.warning("the model failed the gate and is not registered: %s", "; ".join(failures))
     if distributed:
         dist.destroy_process_group()
-    return TrainResult(run_id, version, results, seconds, failures, forced)
+    return TrainResult(run_id, version, results, seconds, failures, forced, sequence.seconds_per_epoch_,
+                       sequence.stopped_, untrained)  # fmt: skip
 
 
 def _log_config(config: TrainConfig, build: FeatureBuild, model_config: ModelConfig) -> None:

@@ -69,8 +69,14 @@ def _say_registered(result: TrainResult) -> None:
             f"\nNOT registered: the model of run {result.run_id} failed the gate "
             f"({len(result.gate_failures)} check(s)); the alias challenger did not move:\n"
             + "\n".join(f"  - {f}" for f in result.gate_failures)
-            + "\nThe run keeps every metric and the tags gate / gate_reasons. Change the gate in the "
-            "config's gate section, or --force-register to register it anyway.",
+            + "\nThe run keeps every metric and the tags gate / gate_reasons. "
+            + (
+                "A head without labelled training rows is never registered, not even with --force-register: "
+                "change the label setting named above and rebuild the features."
+                if result.untrained
+                else "Change the gate in the config's gate section, or --force-register to register it "
+                "anyway."
+            ),
             fg=typer.colors.RED, err=True,
         )  # fmt: skip
         raise typer.Exit(code=3)

@@ -115,6 +115,16 @@ def stage_assignments(
     """
     rows = ds.dataset(str(build.path / "rows"), format="parquet")
     wanted = pc.field("split").isin(list(splits))
+    if "segment" in rows.schema.names:
+        # The map follows the active base (`left`: inactive for `active_within_days`), as training rows do:
+        # the lapsed customers that validation and test rows also hold, for evaluation, stay out of it
+        # unless a decision was logged for them (features.snapshots.BuildConfig).
+        filtered = build.manifest["config"].get("active_only_splits", SPLITS)
+        wanted &= (
+            pc.field("split").isin(list(filtered))
+            | (pc.field("segment") != "lapsed")
+            | pc.field("decision_id").is_valid()
+        )
     if max_customers is not None:
         # Customers in a sorted order first, so that a seed draws the same sample from any file layout.
         ids = pc.unique(rows.to_table(columns=["customer_id"], filter=wanted).column("customer_id"))

@@ -1,6 +1,6 @@
 """Baselines behind the same small interface as the model (issue 4).
 
-Four families, each a `training.interface.Scorer` with `save` / `load`:
+Six families, each a `training.interface.Scorer` with `save` / `load`:
 
 * `Popularity`: the items bought most in the training window (optionally only its last weeks), the same
   list for every row.
@@ -8,8 +8,11 @@ Four families, each a `training.interface.Scorer` with `save` / `load`:
   weighing most, carts next, views least, decayed by recency; the rest of the list filled by popularity.
 * `ItemKNN`: item-item co-occurrence within customers' histories (cosine, top-M neighbours per item); a
   row's score sums the similarities of its recent items, optionally mixed with its own-history score.
+* `TIFUKNN`: TIFU-KNN (Hu et al. 2020): the customer's purchase baskets as a time-decayed item-frequency
+  vector, mixed with the mean vector of the most similar training customers (user k-NN, cosine).
 * `LightGBMAggregates`: LightGBM on the aggregate (RFM and engagement) features for the stage, each
   propensity, unsubscribing, and a T-learner of the outcome of each action (inverse-propensity weighted).
+* `LogisticRF`: one logistic regression per propensity head on log recency and log frequency.
 
 The recommenders rank the whole catalogue (vocabulary indices FIRST .. n_items - 1), never a sample.
 Their knobs are chosen on the validation split from small grids inside `fit` (the chosen values end in
@@ -24,16 +27,20 @@ from training.baselines.common import history_matrix, popularity_order, rank_ite
 from training.baselines.defaults import BASELINES, BaselineConfig, all_baselines, load_baseline
 from training.baselines.item_knn import ItemKNN, cosine_neighbours, customer_item_matrix
 from training.baselines.lightgbm import LightGBMAggregates
+from training.baselines.logistic import LogisticRF
 from training.baselines.own_history import OwnHistory
 from training.baselines.popularity import Popularity
+from training.baselines.tifu_knn import TIFUKNN, nearest_customers, personal_vectors
 
 __all__ = [
     "BASELINES",
+    "TIFUKNN",
     "BaselineConfig",
     "Calibration",
     "Calibrator",
     "ItemKNN",
     "LightGBMAggregates",
+    "LogisticRF",
     "OwnHistory",
     "Popularity",
     "all_baselines",
@@ -41,6 +48,8 @@ __all__ = [
     "customer_item_matrix",
     "history_matrix",
     "load_baseline",
+    "nearest_customers",
+    "personal_vectors",
     "popularity_order",
     "rank_items",
     "ranking_quality",

@@ -12,8 +12,10 @@ from training.baselines.calibration import Calibration
 from training.baselines.common import META, _Saveable
 from training.baselines.item_knn import ItemKNN
 from training.baselines.lightgbm import LightGBMAggregates
+from training.baselines.logistic import LogisticRF
 from training.baselines.own_history import OwnHistory
 from training.baselines.popularity import Popularity
+from training.baselines.tifu_knn import TIFUKNN
 from training.interface import Scorer
 
 
@@ -33,6 +35,16 @@ class BaselineConfig:
         knn_decay: item k-NN: recency factor of the query items.
         knn_own_weight_grid: item k-NN: candidate weights of the own-history score in the mix.
         knn_popularity_weight_grid: item k-NN: candidate weights of popularity in the mix.
+        tifu_neighbours_grid: TIFU-KNN: candidate numbers of neighbours (k).
+        tifu_alpha_grid: TIFU-KNN: candidate weights of the customer's own vector (alpha).
+        tifu_within_decay_grid: TIFU-KNN: candidate decays between the baskets of a group (r_b).
+        tifu_group_decay_grid: TIFU-KNN: candidate decays between groups of baskets (r_g).
+        tifu_group_size_grid: TIFU-KNN: candidate baskets per group (m).
+        tifu_browse_weight_grid: TIFU-KNN: candidate weights of carts and views in a day's basket (0:
+            purchases only, the paper's method).
+        tifu_max_tune_rows: TIFU-KNN: validation rows its knobs are chosen on at most (a seeded sample).
+        logistic_features: logistic regression: the aggregates it reads (log1p of each).
+        logistic_c_grid: logistic regression: candidate inverse regularisation strengths (C).
         lgbm_learning_rate: LightGBM learning rate.
         lgbm_num_leaves: LightGBM leaves per tree.
         lgbm_min_child_samples: LightGBM rows per leaf.
@@ -45,7 +57,14 @@ class BaselineConfig:
         num_threads: LightGBM threads.
     """
 
-    baselines: tuple[str, ...] = ("popularity", "own_history", "item_knn", "lightgbm_aggregates")
+    baselines: tuple[str, ...] = (
+        "popularity",
+        "own_history",
+        "item_knn",
+        "tifu_knn",
+        "lightgbm_aggregates",
+        "logistic_rf",
+    )
     tune_k: int = 10
     popularity_weeks_grid: tuple[int | None, ...] = (None, 8, 4, 2, 1)
     popularity_interaction_weight: float = 0.0
@@ -56,6 +75,15 @@ class BaselineConfig:
     knn_decay: float = 0.9
     knn_own_weight_grid: tuple[float, ...] = (0.0, 1.0, 4.0, 16.0)
     knn_popularity_weight_grid: tuple[float, ...] = (0.0, 0.5, 2.0)
+    tifu_neighbours_grid: tuple[int, ...] = (100, 300)
+    tifu_alpha_grid: tuple[float, ...] = (0.7, 0.9, 1.0)
+    tifu_within_decay_grid: tuple[float, ...] = (0.9, 1.0)
+    tifu_group_decay_grid: tuple[float, ...] = (0.6, 0.8)
+    tifu_group_size_grid: tuple[int, ...] = (2, 4)
+    tifu_browse_weight_grid: tuple[float, ...] = (0.0, 0.3)
+    tifu_max_tune_rows: int = 5_000
+    logistic_features: tuple[str, ...] = ("recency_days", "n_purchases")
+    logistic_c_grid: tuple[float, ...] = (1.0, 0.1, 0.01, 10.0, 100.0)
     lgbm_learning_rate: float = 0.05
     lgbm_num_leaves: int = 31
     lgbm_min_child_samples: int = 100
@@ -110,6 +138,18 @@ def all_baselines(config: Mapping[str, Any] | BaselineConfig | None = None) -> l
             popularity_weeks_grid=cfg.popularity_weeks_grid,
             tune_k=cfg.tune_k,
         ),
+        "tifu_knn": lambda: TIFUKNN(
+            cfg.tifu_neighbours_grid,
+            cfg.tifu_alpha_grid,
+            cfg.tifu_within_decay_grid,
+            cfg.tifu_group_decay_grid,
+            cfg.tifu_group_size_grid,
+            cfg.tifu_browse_weight_grid,
+            popularity_weeks_grid=cfg.popularity_weeks_grid,
+            tune_k=cfg.tune_k,
+            max_tune_rows=cfg.tifu_max_tune_rows,
+            seed=cfg.seed,
+        ),
         "lightgbm_aggregates": lambda: LightGBMAggregates(
             learning_rate=cfg.lgbm_learning_rate,
             num_leaves=cfg.lgbm_num_leaves,
@@ -122,6 +162,7 @@ def all_baselines(config: Mapping[str, Any] | BaselineConfig | None = None) -> l
             seed=cfg.seed,
             num_threads=cfg.num_threads,
         ),
+        "logistic_rf": lambda: LogisticRF(cfg.logistic_features, cfg.logistic_c_grid),
     }
     unknown = [b for b in cfg.baselines if b not in factories]
     if unknown:
@@ -130,7 +171,7 @@ def all_baselines(config: Mapping[str, Any] | BaselineConfig | None = None) -> l
 
 
 BASELINES: dict[str, type[_Saveable]] = {
-    cls.__name__: cls for cls in (Popularity, OwnHistory, ItemKNN, LightGBMAggregates)
+    cls.__name__: cls for cls in (Popularity, OwnHistory, ItemKNN, TIFUKNN, LightGBMAggregates, LogisticRF)
 }
 
 

@@ -15,6 +15,7 @@ from features.encoder import AGGREGATE_NAMES
 from features.schema import ACTIONS, STAGES, Action
 from training.baselines.calibration import Calibration, Calibrator, choose_calibrator
 from training.baselines.common import _Saveable
+from training.budget import threads
 from training.data import FeatureData
 from training.interface import Predictions
 from training.metrics import expected_calibration_error
@@ -85,7 +86,7 @@ class LightGBMAggregates(_Saveable):
         calibration_min_gain: with "auto", the relative drop of the cross-fitted log loss a calibrator
             must bring (0: any held-out improvement; the cross-fit already guards against noise).
         seed: random seed.
-        num_threads: LightGBM threads.
+        num_threads: LightGBM threads (0: `training.budget.threads()`, the free cores of this process).
     """
 
     name = "lightgbm_aggregates"
@@ -186,7 +187,7 @@ class LightGBMAggregates(_Saveable):
             "seed": self.seed,
             "deterministic": True,
             "force_col_wise": True,
-            "num_threads": self.num_threads,
+            "num_threads": self.num_threads or threads(),  # 0: the free cores, as the sequence model's
             "verbosity": -1,
         }
         if n_class > 2:
