@@ -200,7 +200,7 @@ def markdown(bench: BenchmarkResult, notes: Sequence[str] = ()) -> str:
         f"{n_exp:,} with an explore item: one not among the {diag['max_len']} events the scorers see); "
         f"{diag['test_next_items_oov_share']:.1%} of the purchased items are new since the vocabulary "
         "window and cannot be recommended by anyone. Fit seconds: training time of each scorer "
-        "(LightGBM covers stage and propensities; popularity, own_history and item_knn only recommend). "
+        "(an empty cell: the scorer does not predict that head). "
         f"Load average {env.get('load_before', float('nan')):.1f} before the run and "
         f"{env.get('load_after', float('nan')):.1f} after (other jobs share the 2 cores; times vary "
         "with it).",
