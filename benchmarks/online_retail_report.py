@@ -23,6 +23,7 @@ from benchmarks.online_retail_protocol import (
     table_metrics,
     tasks,
 )
+from features.snapshots import SEGMENTS
 from features.vocab import FIRST
 from predictor.model import ModelConfig
 from training.results import EvaluationResult, compare, markdown_table, results_table
@@ -213,6 +214,7 @@ def markdown(bench: BenchmarkResult, notes: Sequence[str] = ()) -> str:
         "",
         *(verdict_line(v) for v in verdicts),
         "",
+        *segment_lines(bench),
         f"Reading the table: on this data the only activity is buying (and refunds), so churn_{s.horizon}d "
         f"is almost exactly the complement of purchase_{s.horizon}d (churn equals no purchase on "
         f"{diag['churn_is_no_purchase']:.1%} of the test rows) and their AUCs move together; the stage "
@@ -226,6 +228,28 @@ def markdown(bench: BenchmarkResult, notes: Sequence[str] = ()) -> str:
         lines += ["", *notes]
     lines.append(MARKER_END)
     return "\n".join(lines)
+
+
+def segment_lines(bench: BenchmarkResult) -> list[str]:
+    """The headline metrics per segment of the test population (new, active, lapsed: `features.snapshots`),
+    every scorer side by side; nothing for a build without segments."""
+    h = bench.settings.horizon
+    heads = ("stage/macro_f1", f"purchase_{h}d/roc_auc", f"churn_{h}d/roc_auc", "rec/ndcg_at_10")
+    metrics = [f"segment/{g}/{m}" for g in SEGMENTS for m in ("n_rows", *heads)]
+    if not any(m in r.metrics for r in bench.results for m in metrics):
+        return []
+    frame = results_table(bench.results, metrics)
+    frame.attrs.pop("population", None)  # the line is under the main table
+    config = bench.manifest.get("config", {})
+    new_days, active_days = config.get("new_within_days"), config.get("active_within_days")
+    return [
+        f"Per segment of the test population (`new`: first event in the {new_days} days before the cutoff; "
+        f"`active`: an event of the customer's own in the {active_days} days before it; `lapsed`: the rest, "
+        "the customers win-back is for):",
+        "",
+        markdown_table(frame),
+        "",
+    ]
 
 
 def stage_note(bench: BenchmarkResult) -> str:
