@@ -53,6 +53,7 @@ from benchmarks.online_retail_protocol import (
     DEFAULT_TEST_START,
     DEFAULT_WORK,
     SEQUENCE,
+    SERVED,
     BenchmarkResult,
     Settings,
     aligned_first_cutoff,
@@ -62,6 +63,7 @@ from benchmarks.online_retail_report import markdown, save_results, update_markd
 from features.build import build_features
 from features.ingest import EVENTS_FILE, format_summary, ingest
 from features.snapshots import BuildConfig
+from training.budget import threads
 from training.config import TrainConfig
 from training.train import train
 
@@ -123,7 +125,8 @@ def run_benchmark(settings: Settings, *, command: str = "", progress: bool = Fal
         baselines=dict(settings.baselines),
     )
     trained = train(config, progress=progress)
-    results = sorted(trained.results, key=lambda r: r.name != SEQUENCE)  # the model first, then baselines
+    # the network first, the composite next, then the baselines
+    results = sorted(trained.results, key=lambda r: (r.name != SEQUENCE, r.name != SERVED))
     return BenchmarkResult(
         settings=settings,
         command=command,
@@ -141,6 +144,9 @@ def run_benchmark(settings: Settings, *, command: str = "", progress: bool = Fal
             "load_before": round(load_before, 2),
             "load_after": round(load_average(), 2),
             **epochs_run(trained.run_id),
+            "composite": trained.composite_sources,
+            "seconds_per_epoch": trained.seconds_per_epoch,
+            "threads": threads(config.fit.threads),
         },
     )
 

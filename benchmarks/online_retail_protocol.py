@@ -21,6 +21,9 @@ DEFAULT_EVERY = 7
 DEFAULT_EPOCHS = 10
 DEFAULT_N_BOOT = 500
 SEQUENCE = "sequence"
+# The registered composite (`training.composite`): per head, the scorer that won on validation.
+SERVED = "composite"
+MODELS = (SEQUENCE, SERVED)
 MARKER_START, MARKER_END = markers("online_retail")
 SHORT_HORIZON = 7  # decision stage and the short purchase horizon, in days
 K = 10
@@ -66,7 +69,8 @@ def label_overrides(horizon: int) -> dict[str, Any]:
     """Dotted `BuildConfig` overrides that make the labels follow the horizon.
 
     Churn and next items look `horizon` days ahead; the purchase horizons are 7 days and `horizon`; the
-    decision stage keeps 7 days unless the horizon is shorter.
+    decision stage keeps 7 days unless the horizon is shorter. No cart-abandonment label: invoice lines hold
+    no carts, so that head would have no labelled row.
     """
     if horizon < 1:
         raise ValueError(f"the horizon must be at least one day, got {horizon}")
@@ -76,6 +80,7 @@ def label_overrides(horizon: int) -> dict[str, Any]:
         "labels.next_items_days": horizon,
         "labels.decision_days": short,
         "labels.purchase_horizons": sorted({short, horizon}),
+        "labels.cart_abandon_hours": None,
     }
 
 
@@ -169,3 +174,11 @@ class BenchmarkResult:
 
     def result(self, name: str) -> EvaluationResult:
         return next(r for r in self.results if r.name == name)
+
+    def has(self, name: str) -> bool:
+        return any(r.name == name for r in self.results)
+
+    def composite_sources(self) -> str:
+        """Which scorer the composite serves each head with (chosen on validation), in words."""
+        sources = self.environment.get("composite") or {}
+        return ", ".join(f"{head} `{source}`" for head, source in sources.items()) or "not recorded"

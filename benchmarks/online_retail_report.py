@@ -16,7 +16,9 @@ from benchmarks.online_retail_diagnostics import macro_f1_without
 from benchmarks.online_retail_protocol import (
     MARKER_END,
     MARKER_START,
+    MODELS,
     SEQUENCE,
+    SERVED,
     SHORT_HORIZON,
     BenchmarkResult,
     Task,
@@ -44,8 +46,11 @@ def _interval(result: EvaluationResult, metric: str) -> tuple[float, float, floa
     return ci.point, ci.lo, ci.hi
 
 
-def verdict(bench: BenchmarkResult, task: Task, n_boot: int | None = None) -> dict[str, Any]:
-    """Which scorer is best on a task and how the sequence model stands against the best baseline.
+def verdict(
+    bench: BenchmarkResult, task: Task, n_boot: int | None = None, model: str = SEQUENCE
+) -> dict[str, Any]:
+    """Which scorer is best on a task and how `model` (the network, `sequence`, or the registered
+    composite, `composite`: per head the scorer that won on validation) stands against the best baseline.
 
     Returns:
         A dict: task, metric, best (scorer), best_baseline, sequence and baseline values, difference
@@ -60,21 +65,21 @@ def verdict(bench: BenchmarkResult, task: Task, n_boot: int | None = None) -> di
         value = _interval(r, task.metric)
         if value is not None:
             values[r.name] = value
-    out: dict[str, Any] = {"task": task.name, "metric": task.metric}
+    out: dict[str, Any] = {"task": task.name, "metric": task.metric, "model": model}
     if not values:
         return {**out, "best": None}
     out["best"] = max(values, key=lambda k: values[k][0])
-    baselines = {k: v for k, v in values.items() if k != SEQUENCE}
-    if SEQUENCE not in values or not baselines:
+    baselines = {k: v for k, v in values.items() if k not in MODELS}
+    if model not in values or not baselines:
         return {**out, "best_baseline": max(baselines, key=lambda k: baselines[k][0]) if baselines else None}
     base = max(baselines, key=lambda k: baselines[k][0])
-    seq, ref = values[SEQUENCE], baselines[base]
+    seq, ref = values[model], baselines[base]
     has_ci = all(np.isfinite(x) for x in (*seq[1:], *ref[1:]))
     overlap = bool(seq[1] <= ref[2] and ref[1] <= seq[2]) if has_ci else None
     paired = None
     if n_boot > 0:
         try:
-            diff = compare(bench.result(SEQUENCE), bench.result(base), task.metric, n_boot=n_boot)
+            diff = compare(bench.result(model), bench.result(base), task.metric, n_boot=n_boot)
             paired = (diff.point, diff.lo, diff.hi)
         except (KeyError, ValueError):
             paired = None
@@ -98,12 +103,13 @@ def verdict(bench: BenchmarkResult, task: Task, n_boot: int | None = None) -> di
 def verdict_line(v: dict[str, Any]) -> str:
     """One Markdown bullet per task."""
     head = f"- **{v['task'].strip()}** (`{v['metric']}`)"
+    who = {SEQUENCE: "the sequence model", SERVED: "the registered composite"}.get(v["model"], v["model"])
     if v.get("best") is None:
         return f"{head}: no scorer has this metric on this data."
     if "sequence" not in v:
-        return f"{head}: best `{v['best']}`; the sequence model has no such head."
+        return f"{head}: best `{v['best']}`; {who} has no such head."
     seq, ref, base = v["sequence"], v["baseline"], v["best_baseline"]
-    text = f"{head}: best `{v['best']}`. Sequence {seq[0]:.4f} vs best baseline `{base}` {ref[0]:.4f} "
+    text = f"{head}: best `{v['best']}`. `{v['model']}` {seq[0]:.4f} vs best baseline `{base}` {ref[0]:.4f} "
     text += f"(difference {v['difference']:+.4f}"
     if v["paired"] is not None and np.isfinite(v["paired"][1]):
         text += f", paired 95 % interval [{v['paired'][1]:+.4f}, {v['paired'][2]:+.4f}]"
@@ -111,10 +117,10 @@ def verdict_line(v: dict[str, Any]) -> str:
         text += "; the intervals overlap" if v["overlap"] else "; the intervals do not overlap"
     text += "): "
     if v["beats"]:
-        return text + "**the sequence model beats the best baseline.**"
+        return text + f"**{who} beats the best baseline.**"
     if v["difference"] > 0:
         return text + "ahead on the point estimate, but **not a clear win** (the difference may be noise)."
-    return text + "**the sequence model does not beat the best baseline yet.**"
+    return text + f"**{who} does not beat the best baseline yet.**"
 
 
 # What was tried, written under the verdicts while the sequence model does not win every task. The figures
@@ -161,9 +167,14 @@ def markdown(bench: BenchmarkResult, notes: Sequence[str] = ()) -> str:
     ran = ""
     if env.get("epochs_run"):
         epochs = f"{env['epochs_run']} epoch" + ("s" if env["epochs_run"] != 1 else "")
-        ran = f" (ran {epochs}, best validation loss after epoch {env['best_epoch']})"
+        ran = f" (ran {epochs}, best validation loss after epoch {env['best_epoch']}"
+        if env.get("seconds_per_epoch"):
+            per_epoch, n_threads = env["seconds_per_epoch"], env.get("threads", "?")
+            ran += f"; {per_epoch:.0f} s per epoch, median, on {n_threads} threads"
+        ran += ")"
     table = markdown_table(comparison_frame(bench, table_metrics(s.horizon)))
     verdicts = [verdict(bench, t) for t in tasks(s.horizon)]
+    served = [verdict(bench, t, model=SERVED) for t in tasks(s.horizon)] if bench.has(SERVED) else []
     lines = [
         MARKER_START,
         "## UCI Online Retail: the sequence model beside every baseline",
@@ -214,6 +225,19 @@ def markdown(bench: BenchmarkResult, notes: Sequence[str] = ()) -> str:
         "",
         *(verdict_line(v) for v in verdicts),
         "",
+        *(
+            [
+                "What would be registered, the composite (per head the scorer with the best validation "
+                "metric: "
+                + bench.composite_sources()
+                + "), against the best baseline on the same test rows:",
+                "",
+                *(verdict_line(v) for v in served),
+                "",
+            ]
+            if served
+            else []
+        ),
         *segment_lines(bench),
         f"Reading the table: on this data the only activity is buying (and refunds), so churn_{s.horizon}d "
         f"is almost exactly the complement of purchase_{s.horizon}d (churn equals no purchase on "
@@ -327,6 +351,9 @@ def save_results(bench: BenchmarkResult, path: Path) -> tuple[Path, Path]:
         "vocab_sizes": bench.manifest["vocab_sizes"],
         "fit_seconds": {k: round(v, 2) for k, v in bench.seconds.items()},
         "verdicts": [verdict(bench, t) for t in tasks(s.horizon)],
+        "verdicts_composite": [verdict(bench, t, model=SERVED) for t in tasks(s.horizon)]
+        if bench.has(SERVED)
+        else [],
         "metrics": {r.name: r.metrics for r in bench.results},
         "info": {r.name: r.info for r in bench.results},
     }

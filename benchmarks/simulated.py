@@ -39,6 +39,7 @@ HEADLINE = (
     "churn_30d/roc_auc",
     "churn_30d/ece",
     "unsubscribe/roc_auc",
+    "cart_abandon_24h/roc_auc",
     "rec/recall_at_10",
     "rec/ndcg_at_10",
     "rec/mrr_at_10",
@@ -135,10 +136,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         table,
         "",
+        *segment_table(result.results),
         "Per task, the sequence model against the best baseline (it beats it when the paired 95 % "
         "bootstrap interval of the difference lies above zero):",
         "",
         *verdicts(result.results, args.n_boot),
+        "",
+        "The registered model, the composite (per head the scorer with the best validation metric: "
+        + ", ".join(f"{h} `{s}`" for h, s in result.composite_sources.items())
+        + "), against the best baseline on the same test rows:",
+        "",
+        *verdicts(result.results, args.n_boot, model="composite"),
         "",
         "What was tried for the recommendations (`benchmarks/repeat_ablation.py`, the sequence model alone "
         "on 30,000 training rows, 3 epochs, one seed): initialising the repeat head like the own-history "
@@ -171,26 +179,31 @@ TASKS: tuple[tuple[str, str], ...] = (
     ("purchase in 30 days (ROC AUC)", "purchase_30d/roc_auc"),
     ("churn in 30 days (ROC AUC)", "churn_30d/roc_auc"),
     ("unsubscribe if mailed (ROC AUC)", "unsubscribe/roc_auc"),
+    ("cart not bought within 24 hours, rows with an open cart (ROC AUC)", "cart_abandon_24h/roc_auc"),
     ("recommendations (NDCG@10)", "rec/ndcg_at_10"),
     ("next best action, true value of the learned policy", "policy/learned/true_value"),
 )
 
 
-def verdicts(results: list, n_boot: int) -> list[str]:
-    """One line per task: the sequence model against the best baseline, with a paired bootstrap interval
-    of the difference on the same test rows where the metric has row-level data."""
+MODELS = ("sequence", "composite")
+
+
+def verdicts(results: list, n_boot: int, model: str = "sequence") -> list[str]:
+    """One line per task: `model` (the network, or the registered composite) against the best baseline,
+    with a paired bootstrap interval of the difference on the same test rows where the metric has row-level
+    data."""
     from training.results import compare
 
     by_name = {r.name: r for r in results}
-    seq = by_name.get("sequence")
+    seq = by_name.get(model)
     lines = []
     for task, metric in TASKS:
-        baselines = {n: r for n, r in by_name.items() if n != "sequence" and metric in r.metrics}
+        baselines = {n: r for n, r in by_name.items() if n not in MODELS and metric in r.metrics}
         if seq is None or metric not in seq.metrics or not baselines:
             continue
         best = max(baselines, key=lambda n: baselines[n].metrics[metric])
         a, b = seq.metrics[metric], baselines[best].metrics[metric]
-        text = f"- **{task}** (`{metric}`): sequence {a:.4f} vs best baseline `{best}` {b:.4f} ({a - b:+.4f}"
+        text = f"- **{task}** (`{metric}`): {model} {a:.4f} vs best baseline `{best}` {b:.4f} ({a - b:+.4f}"
         paired = None
         try:
             paired = compare(seq, baselines[best], metric, n_boot=n_boot)
@@ -214,6 +227,32 @@ def verdicts(results: list, n_boot: int) -> list[str]:
             )
         lines.append(text)
     return lines
+
+
+def segment_table(results: list) -> list[str]:
+    """The headline metrics per segment of the test population (new, active, lapsed), every scorer side
+    by side; nothing for a build without segments."""
+    from features.snapshots import SEGMENTS, BuildConfig
+    from training.results import markdown_table, results_table
+
+    build = BuildConfig()  # the benchmark's build settings are the defaults
+
+    heads = ("stage/macro_f1", "purchase_7d/roc_auc", "churn_30d/roc_auc", "rec/ndcg_at_10",
+             "policy/learned/true_value")  # fmt: skip
+    metrics = [f"segment/{g}/{m}" for g in SEGMENTS for m in ("n_rows", *heads)]
+    metrics = [m for m in metrics if any(m in r.metrics for r in results)]
+    if not metrics:
+        return []
+    frame = results_table(results, metrics)
+    frame.attrs.pop("population", None)  # the line is under the main table
+    return [
+        f"Per segment of the test population (`new`: first event in the {build.new_within_days} days before "
+        f"the cutoff; `active`: an event of the customer's own in the {build.active_within_days} days before "
+        "it; `lapsed`: the rest, the customers win-back is for):",
+        "",
+        markdown_table(frame),
+        "",
+    ]
 
 
 def encoder_table(rows: list[dict]) -> list[str]:

@@ -1,5 +1,5 @@
 """Array helpers shared by the encoder and the labels: exact money sums, prefix sums, the last index of a
-mask, sorted ids and epoch milliseconds."""
+mask, sorted ids, epoch milliseconds, and the one definition of an open cart."""
 
 from __future__ import annotations
 
@@ -47,3 +47,18 @@ def to_epoch_ms(ts: pd.Series) -> np.ndarray:
     """UTC timestamps (naive ones taken as UTC) -> int64 epoch milliseconds, floored."""
     values = pd.to_datetime(ts, utc=True).dt.as_unit("ns")
     return values.astype("int64").to_numpy(dtype=np.int64) // 1_000_000
+
+
+# An open cart: something added to the cart since the last purchase, within the last this many days.
+OPEN_CART_DAYS = 7
+
+
+def is_open_cart(days_since_cart: np.ndarray, days_since_purchase: np.ndarray) -> np.ndarray:
+    """Whether a customer has an open cart at a cutoff, from the days since their last add-to-cart and
+    their last purchase before it (`features.encoder.NEVER_DAYS` where none).
+
+    The one definition: the encoder's `open_cart` aggregate (which the business rules read) and the
+    cart-abandonment label (`features.labels`: the rows its head learns from) both call it. Any order
+    closes the cart: checkout buys what the cart holds.
+    """
+    return (days_since_cart < OPEN_CART_DAYS) & (days_since_cart < days_since_purchase)

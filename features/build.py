@@ -176,7 +176,7 @@ def build_features(
                 "decisions_digest": digest(decision_files) if decision_files else None,
             },
             "cutoffs": plan.to_json(),
-            "vocab_window_end": plan.valid_start.isoformat(),
+            "vocab_window_end": _iso(plan.vocab_end(config.vocab_until)),
             "rows": rows,
             "segments": segment_counts(out),
             "vocab_sizes": vocab.sizes(),
@@ -226,6 +226,10 @@ def _time_range(ev: ds.Dataset) -> tuple[pd.Timestamp, pd.Timestamp]:
     return _utc(min(lows)), _utc(max(highs))
 
 
+def _iso(ts: pd.Timestamp | None) -> str | None:
+    return None if ts is None else ts.isoformat()
+
+
 def _utc(ts: pd.Timestamp) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
@@ -251,13 +255,14 @@ def _run_pandas(
 ) -> tuple[Vocabulary, dict[str, int]]:
     spill = Path(tempfile.mkdtemp(prefix="journey-buckets-", dir=out))
     try:
-        counts = _spill(ev, spill, "events", n_buckets, config.batch_rows, plan.valid_start, progress)
+        vocab_end = plan.vocab_end(config.vocab_until)
+        counts = _spill(ev, spill, "events", n_buckets, config.batch_rows, vocab_end, progress)
         if decision_files:
             _spill(_dataset(decision_files, "decisions"), spill, "decisions", n_buckets, config.batch_rows)
         vocab = Vocabulary.fit(
             counts, min_count=config.item_min_count, max_size={"item_id": config.max_items}
         )
-        ctx = BucketContext(vocab.to_json(), plan.to_json(), config.to_dict())
+        ctx = BucketContext(vocab.to_json(), plan.to_json(), config.to_dict(), n_buckets)
         rows = dict.fromkeys(SPLITS, 0)
         workers = min(config.workers or os.cpu_count() or 1, n_buckets)
         jobs = [(spill, b, out / "rows" / f"part-{b:05d}.parquet", ctx) for b in range(n_buckets)]
@@ -398,7 +403,9 @@ def format_manifest(manifest: Manifest) -> str:
         f"({d['input']['first_ts'][:10]} .. {d['input']['last_ts'][:10]}), "
         f"digest {d['input']['digest'][:12]}",
         "rows: " + ", ".join(f"{s} {d['rows'].get(s, 0):,}" for s in SPLITS),
-        "cutoffs: " + ", ".join(f"{s} {cut[s][0]}..{cut[s][-1]} ({len(cut[s])})" for s in SPLITS if cut[s]),
+        "cutoffs: " + ", ".join(f"{s} {cut[s][0]}..{cut[s][-1]} ({len(cut[s])})" for s in SPLITS if cut[s])
+        if d["config"].get("mode") != "sessions"
+        else "session windows from: " + ", ".join(f"{s} {cut[s][0]}" for s in SPLITS),
         "vocabulary sizes: " + ", ".join(f"{k} {v:,}" for k, v in d["vocab_sizes"].items()),
         f"engine {d['engine']}, {d['n_buckets']} bucket(s), {d['seconds']:.1f} s, "
         f"{d['events_per_second']:,.0f} events/s",

@@ -13,17 +13,22 @@ then differences of prefix sums, and the last `max_len` events are a gather of t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from features.arrays import cents, factorize_sorted, last_index, prefix_sum, to_epoch_ms
+# Re-exported here, their home before `features.aggregates` and `features.prepared` took them out.
+from features.aggregates import AGGREGATE_NAMES as AGGREGATE_NAMES
+from features.aggregates import COUNT_AGGREGATES as COUNT_AGGREGATES
+from features.aggregates import MS_PER_DAY as MS_PER_DAY
+from features.aggregates import NEVER_DAYS as NEVER_DAYS
+from features.aggregates import aggregates as _aggregates
+from features.arrays import factorize_sorted, to_epoch_ms
 from features.columns import EventColumns
-from features.schema import EVENT_TYPES, SHOP_SENT_EVENTS, EventType
+from features.history import item_profile, padded
+from features.prepared import PreparedEvents as PreparedEvents
 from features.vocab import FIRST, Vocabulary
-
-MS_PER_DAY = 86_400_000
 
 # Token fields of each event in the sequence, in this order.
 TOKEN_FIELDS: tuple[str, ...] = (
@@ -43,40 +48,6 @@ DT_EDGES_S = np.array([60, 300, 1_800, 3_600, 3 * 3_600, 12 * 3_600, 86_400, 3 *
 # Money value edges; bucket FIRST means "no value".
 VALUE_EDGES = np.array([1, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000], dtype=np.float64)
 
-# Aggregates: (name, event types counted, window in days or None for all history).
-_ET = EventType
-COUNT_AGGREGATES: tuple[tuple[str, frozenset[str] | None, int | None], ...] = (
-    ("n_events", None, None),
-    ("n_events_28d", None, 28),
-    ("n_purchases", frozenset({_ET.PURCHASE}), None),
-    ("n_purchases_90d", frozenset({_ET.PURCHASE}), 90),
-    ("n_refunds", frozenset({_ET.REFUND}), None),
-    ("n_product_views_7d", frozenset({_ET.PRODUCT_VIEW}), 7),
-    ("n_product_views_28d", frozenset({_ET.PRODUCT_VIEW}), 28),
-    ("n_searches_28d", frozenset({_ET.SEARCH}), 28),
-    ("n_carts_7d", frozenset({_ET.ADD_TO_CART}), 7),
-    ("n_carts_28d", frozenset({_ET.ADD_TO_CART}), 28),
-    ("n_checkouts_28d", frozenset({_ET.CHECKOUT_START}), 28),
-    ("n_email_opens_28d", frozenset({_ET.EMAIL_OPEN}), 28),
-    ("n_email_clicks_28d", frozenset({_ET.EMAIL_CLICK}), 28),
-    ("emails_received_7d", frozenset({_ET.EMAIL_SENT}), 7),
-    ("emails_received_28d", frozenset({_ET.EMAIL_SENT}), 28),
-)
-AGGREGATE_NAMES: tuple[str, ...] = (
-    *(name for name, _, _ in COUNT_AGGREGATES),
-    "monetary",
-    "recency_days",
-    "tenure_days",
-    "n_purchase_days",
-    "days_since_last_purchase",
-    "days_since_signup",
-    "days_since_last_email",
-    "open_cart",
-    "email_consent",
-)
-# Days reported when something never happened (recency of a customer with no activity, ...).
-NEVER_DAYS = 365.0
-
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -84,60 +55,12 @@ class EncoderConfig:
 
     Attributes:
         max_len: events kept per sequence (the most recent ones, left-padded).
+        history_items: distinct items of the customer's whole-history profile kept per row
+            (`features.history`: the most-bought, then the most recent); 0 turns the profile off.
     """
 
     max_len: int = 50
-
-
-@dataclass
-class PreparedEvents:
-    """Events of some customers sorted by (customer, ts), with their tokens and search keys.
-
-    Build it with `prepare`; both `encode_prepared` and the hindsight labels read it.
-    """
-
-    customers: np.ndarray  # (n_customers,) sorted unique customer ids (object)
-    cust: np.ndarray  # (n_events,) int64 index into `customers`
-    ts_ms: np.ndarray  # (n_events,) int64 epoch milliseconds
-    key: np.ndarray  # (n_events,) int64, increasing: cust * span + (ts_ms - base)
-    base: int
-    span: int
-    event_type: np.ndarray  # (n_events,) int16 index into EVENT_TYPES, -1 for none
-    tokens: dict[str, np.ndarray]  # field -> (n_events,) int32 token
-    value: np.ndarray  # (n_events,) float64, NaN where none
-    item_token: np.ndarray  # (n_events,) int32 item vocabulary index
-
-    @property
-    def n_events(self) -> int:
-        return len(self.ts_ms)
-
-    def customer_codes(self, customer_ids: pd.Series | np.ndarray) -> np.ndarray:
-        """Index of each id in `customers`, -1 for a customer without events."""
-        if isinstance(customer_ids, pd.Series):
-            ids = customer_ids.astype(str).to_numpy(dtype=object)
-        else:
-            ids = np.asarray(customer_ids, dtype=object)
-        if len(self.customers) == 0:
-            return np.full(len(ids), -1, dtype=np.int64)
-        pos = np.searchsorted(self.customers, ids)
-        pos = np.minimum(pos, len(self.customers) - 1)
-        found = self.customers[pos] == ids
-        return np.where(found, pos, -1).astype(np.int64)
-
-    def search(self, cust: np.ndarray, t_ms: np.ndarray) -> np.ndarray:
-        """Position of the first event of customer `cust` at or after `t_ms` (vectorised).
-
-        Customers without events (code -1) get position 0 with an empty range; callers pair this with
-        `starts` so that their counts are zero.
-        """
-        t = np.clip(t_ms - self.base, -1, self.span - 1)
-        keys = np.where(cust >= 0, cust * self.span + t, -(2**62))
-        pos = np.searchsorted(self.key, keys, side="left")
-        return np.where(cust >= 0, pos, 0)
-
-    def starts(self, cust: np.ndarray) -> np.ndarray:
-        """Position of each customer's first event (0 for unknown customers)."""
-        return np.where(cust >= 0, self.search(cust, np.full(len(cust), self.base - 1)), 0)
+    history_items: int = 100
 
 
 def prepare(events: pd.DataFrame, vocab: Vocabulary) -> PreparedEvents:
@@ -252,15 +175,46 @@ class EncodedBatch:
         length: (n_rows,) number of real events in each sequence (at most max_len).
         max_len: the sequence length of the padded layout.
         aggregates: name -> (n_rows,) float64.
+        history: field -> (sum(history_length),) int32, the whole-history item profile
+            (`features.history.HISTORY_FIELDS`) of all rows, row after row; empty when off.
+        history_length: (n_rows,) profile items of each row (at most history_items); empty: all 0.
+        history_items: the profile width of the padded layout (`history_padded`).
     """
 
     values: dict[str, np.ndarray]
     length: np.ndarray
     max_len: int
     aggregates: dict[str, np.ndarray]
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+    history_length: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))
+    history_items: int = 0
 
     def __len__(self) -> int:
         return len(self.length)
+
+    @property
+    def history_rows(self) -> np.ndarray:
+        """(n_rows,) profile items of each row (zeros for a batch built without the profile)."""
+        return self.history_length if len(self.history_length) else np.zeros(len(self), np.int32)
+
+    @property
+    def history_padded(self) -> dict[str, np.ndarray]:
+        """field -> (n_rows, history_items) int32, each row's profile from the left, zero-padded."""
+        return padded(self.history, self.history_rows, self.history_items)
+
+    @classmethod
+    def concat(cls, batches: list[EncodedBatch]) -> EncodedBatch:
+        """The rows of several batches of one encoder config, in order (the service's micro-batches)."""
+        one = batches[0]
+        return cls(
+            values={k: np.concatenate([b.values[k] for b in batches]) for k in one.values},
+            length=np.concatenate([b.length for b in batches]),
+            max_len=one.max_len,
+            aggregates={k: np.concatenate([b.aggregates[k] for b in batches]) for k in one.aggregates},
+            history={k: np.concatenate([b.history[k] for b in batches]) for k in one.history},
+            history_length=np.concatenate([b.history_rows for b in batches]),
+            history_items=one.history_items,
+        )
 
     @property
     def offsets(self) -> np.ndarray:
@@ -331,86 +285,16 @@ def encode_at(
     pos = np.repeat(end - length - offsets[:-1], length) + np.arange(offsets[-1])
     values = {name: prep.tokens[name][pos] for name in TOKEN_FIELDS}
     aggregates = _aggregates(prep, cust, start, end, t_ms)
+    history, history_length = item_profile(prep, cust, t_ms, config.history_items)
     return EncodedBatch(
-        values=values, length=length.astype(np.int32), max_len=config.max_len, aggregates=aggregates
+        values=values,
+        length=length.astype(np.int32),
+        max_len=config.max_len,
+        aggregates=aggregates,
+        history=history,
+        history_length=history_length,
+        history_items=config.history_items,
     )
-
-
-def _aggregates(
-    prep: PreparedEvents, cust: np.ndarray, start: np.ndarray, end: np.ndarray, t_ms: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Recency, frequency, monetary value and engagement counts before each cutoff."""
-    et = prep.event_type
-    activity = ~_of_types(et, SHOP_SENT_EVENTS)
-    out: dict[str, np.ndarray] = {}
-    window_start: dict[int | None, np.ndarray] = {None: start}
-    for name, types, days in COUNT_AGGREGATES:
-        mask = activity if types is None else _of_types(et, types)
-        csum = prefix_sum(mask.astype(np.int64))
-        if days is not None and days not in window_start:
-            window_start[days] = np.maximum(start, prep.search(cust, t_ms - days * MS_PER_DAY))
-        out[name] = (csum[end] - csum[window_start[days]]).astype(np.float64)
-
-    purchase = et == EVENT_TYPES.index(EventType.PURCHASE)
-    refund = et == EVENT_TYPES.index(EventType.REFUND)
-    money = np.where(purchase, cents(prep.value), 0) - np.where(refund, np.abs(cents(prep.value)), 0)
-    msum = prefix_sum(money)
-    out["monetary"] = (msum[end] - msum[start]) / 100.0
-
-    def days_since(mask: np.ndarray) -> np.ndarray:
-        last = last_index(mask)
-        idx = np.where(end > start, last[np.maximum(end - 1, 0)] if len(last) else -1, -1)
-        ok = (idx >= start) & (idx >= 0)
-        ts = prep.ts_ms[np.maximum(idx, 0)] if len(prep.ts_ms) else np.zeros(len(idx))
-        return np.where(ok, np.minimum((t_ms - ts) / MS_PER_DAY, NEVER_DAYS), NEVER_DAYS)
-
-    out["recency_days"] = days_since(activity)
-    first_ts = (
-        prep.ts_ms[np.minimum(start, max(prep.n_events - 1, 0))] if prep.n_events else np.zeros(len(end))
-    )
-    out["tenure_days"] = np.where(end > start, np.minimum((t_ms - first_ts) / MS_PER_DAY, NEVER_DAYS), 0.0)
-    out["days_since_last_purchase"] = days_since(purchase)
-    # Orders, roughly: days with a purchase. A multi-item order (one purchase event per item, as UCI's
-    # invoice lines) is one purchase day, so "repeat buyer" rules are not fooled by a big basket.
-    day = prep.ts_ms // MS_PER_DAY
-    new_day = np.ones(len(day), dtype=bool)
-    if len(day):
-        last_purchase = last_index(purchase)
-        previous = np.concatenate([[-1], last_purchase[:-1]])
-        same = (
-            (previous >= 0)
-            & (prep.cust[np.maximum(previous, 0)] == prep.cust)
-            & (day[np.maximum(previous, 0)] == day)
-        )
-        new_day = ~same
-    dsum = prefix_sum((purchase & new_day).astype(np.int64))
-    out["n_purchase_days"] = (dsum[end] - dsum[start]).astype(np.float64)
-    signup = _of_types(et, frozenset({EventType.SIGNUP, EventType.NEWSLETTER_SIGNUP}))
-    out["days_since_signup"] = days_since(signup)
-    out["days_since_last_email"] = days_since(et == EVENT_TYPES.index(EventType.EMAIL_SENT))
-
-    # An open cart: something added since the last purchase, within the last 7 days.
-    cart = et == EVENT_TYPES.index(EventType.ADD_TO_CART)
-    since_cart = days_since(cart)
-    out["open_cart"] = ((since_cart < 7) & (since_cart < out["days_since_last_purchase"])).astype(np.float64)
-
-    # E-mail consent from the last consent event: 1 subscribed, 0 unsubscribed, -1 unknown.
-    subscribe = et == EVENT_TYPES.index(EventType.NEWSLETTER_SIGNUP)
-    unsubscribe = et == EVENT_TYPES.index(EventType.EMAIL_UNSUBSCRIBE)
-    last = last_index(subscribe | unsubscribe)
-    idx = np.where(end > start, last[np.maximum(end - 1, 0)] if len(last) else -1, -1)
-    known = (idx >= start) & (idx >= 0)
-    subscribed = subscribe[np.maximum(idx, 0)] if len(subscribe) else np.zeros(len(idx), dtype=bool)
-    out["email_consent"] = np.where(known, subscribed.astype(np.float64), -1.0)
-    return {name: out[name] for name in AGGREGATE_NAMES}
-
-
-def _of_types(event_type: np.ndarray, types: frozenset[str]) -> np.ndarray:
-    """Whether each event (index into EVENT_TYPES, -1 for none) is of one of `types`: a table lookup,
-    which on the real-time path's few events costs far less than `np.isin`'s sort."""
-    table = np.zeros(len(EVENT_TYPES) + 1, dtype=bool)
-    table[[EVENT_TYPES.index(e) + 1 for e in types]] = True
-    return table[event_type.astype(np.int64) + 1]
 
 
 def _zeros(n: int) -> np.ndarray:

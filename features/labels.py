@@ -57,11 +57,22 @@ buy); a shop that logs no purchases (a click stream, a content site) has an empt
 model trained on it never learns the head, so such a shop names the behaviour to predict instead
 (`[product_view]`, or carts, or e-mail clicks that carry an item).
 
+The cart-abandonment label (`cart_abandon_<h>h`, h = `cart_abandon_hours`, 24 by default) is what
+marketers ask for by name: for a customer with an open cart at t (`features.arrays.is_open_cart`, the
+encoder's `open_cart` aggregate: something added to the cart since the last purchase, within the last 7
+days), 1 if nothing is bought in the h hours after t, 0 if it is; null (no label) for a customer without an
+open cart, so its head learns from, and is judged on, customers with an open cart only. Any purchase counts
+as buying the cart, as any purchase closes it in the open-cart definition: a shopper who swaps a size or
+a colour at checkout has not abandoned, and purchase events do not always repeat the cart's items one for
+one (UCI's invoice lines). `cart_abandon_hours: null` drops the label (a shop that logs no carts).
+
 The model only ever sees events before the cutoff; these labels are its targets.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,8 +80,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from features.arrays import cents, prefix_sum, to_epoch_ms
-from features.encoder import MS_PER_DAY, PreparedEvents
+from features.arrays import cents, is_open_cart, last_index, prefix_sum, to_epoch_ms
+from features.encoder import MS_PER_DAY, NEVER_DAYS, PreparedEvents
 from features.schema import ACTIONS, EVENT_TYPES, SHOP_SENT_EVENTS, STAGES, EventType, Stage
 
 
@@ -102,8 +113,16 @@ class LabelConfig:
     # A logged decision belongs to the cutoff when it was made within this many days after it.
     decision_window_days: int = 1
     outcome_days: int = 7
+    # Cart abandonment: an open cart not bought within this many hours after t (None: no such label).
+    cart_abandon_hours: int | None = 24
 
     def __post_init__(self) -> None:
+        hours = self.cart_abandon_hours
+        if hours is not None and (isinstance(hours, bool) or not isinstance(hours, int) or hours < 1):
+            raise ValueError(
+                f"labels.cart_abandon_hours: {hours!r} is not a whole number of hours >= 1 "
+                "(null: no cart-abandonment label)"
+            )
         # YAML and `--set` give a list or one name; the manifest gives a list: the config keeps a tuple.
         given = self.next_item_events
         events = (given,) if isinstance(given, str) else tuple(given)
@@ -134,12 +153,25 @@ class LabelConfig:
             self.churn_days,
             self.next_items_days,
             *self.purchase_horizons,
+            math.ceil((self.cart_abandon_hours or 0) / 24),
         )
 
 
 # What a next-item label may be made of: any event the customer did (only those with an item count).
 NEXT_ITEM_EVENT_TYPES: tuple[str, ...] = tuple(e for e in EVENT_TYPES if e not in SHOP_SENT_EVENTS)
 DECISION_COLUMNS = ("decision_id", "customer_id", "ts", "action", "propensity")
+_CART_ABANDON = re.compile(r"cart_abandon_(\d+)h")
+
+
+def cart_abandon_target(hours: int) -> str:
+    """The cart-abandonment label's column for a window of `hours`: the window is in its name."""
+    return f"cart_abandon_{int(hours)}h"
+
+
+def cart_abandon_hours(name: str) -> int | None:
+    """The window of a cart-abandonment head from its name (None: not such a head)."""
+    found = _CART_ABANDON.fullmatch(name)
+    return int(found.group(1)) if found else None
 
 
 def hindsight_labels(
@@ -182,6 +214,13 @@ def hindsight_labels(
         out[f"purchase_{h}d"] = pa.array(count(purchase, t, t + h * day) > 0)
     active_after = count(activity, t, t + config.churn_days * day) > 0
     out[f"churn_{config.churn_days}d"] = pa.array(~active_after)
+    if config.cart_abandon_hours is not None:
+        cart = is_type(EventType.ADD_TO_CART)
+        open_cart = is_open_cart(
+            _days_since(prep, cart, start, at_t, t), _days_since(prep, purchase, start, at_t, t)
+        )
+        bought = count(purchase, t, t + config.cart_abandon_hours * 3_600_000) > 0
+        out[cart_abandon_target(config.cart_abandon_hours)] = pa.array(~bought, mask=~open_cart)
     # First contact: the customer's first event of any kind; none before the cutoff counts as new.
     seen = (cust >= 0) & (at_t > start)
     first_contact = np.where(seen, prep.ts_ms[np.minimum(start, max(prep.n_events - 1, 0))], t)
@@ -190,6 +229,19 @@ def hindsight_labels(
     out["next_items"] = _next_items(prep, cust, t, t + config.next_items_days * day, chosen, config)
     out.update(_logged_decisions(prep, cust, cutoffs, t, config, decisions, purchase))
     return out
+
+
+def _days_since(
+    prep: PreparedEvents, mask: np.ndarray, start: np.ndarray, at_t: np.ndarray, t: np.ndarray
+) -> np.ndarray:
+    """Days from each row's last `mask` event before t to t, capped at `NEVER_DAYS` (also where none), as
+    the encoder's aggregates measure them."""
+    last = last_index(mask)
+    idx = last[np.maximum(at_t - 1, 0)] if len(last) else np.full(len(t), -1)
+    idx = np.where(at_t > start, idx, -1)
+    ok = (idx >= start) & (idx >= 0)
+    ts = prep.ts_ms[np.maximum(idx, 0)] if prep.n_events else np.zeros(len(t))
+    return np.where(ok, np.minimum((t - ts) / MS_PER_DAY, NEVER_DAYS), NEVER_DAYS)
 
 
 def _first_of_day(prep: PreparedEvents, mask: np.ndarray) -> np.ndarray:

@@ -25,11 +25,16 @@ from features.encoder import (
     encode_prepared,
     prepare,
 )
+from features.history import list_columns
 from features.labels import LabelConfig, hindsight_labels
 from features.schema import EVENT_TYPES, SHOP_SENT_EVENTS
+from features.sessions import SessionConfig, session_rows, session_windows
 from features.vocab import Vocabulary
 
 SPLITS = ("train", "valid", "test")
+# How rows are made (BuildConfig `mode`): every customer at weekly cutoffs, or a row per session prefix.
+MODES = ("grid", "sessions")
+VOCAB_UNTIL = ("valid_start", "last_cutoff")
 # Where a customer stands at a cutoff (BuildConfig: `new_within_days`, `active_within_days`).
 SEGMENTS = ("active", "lapsed", "new")
 EVENT_READ_COLUMNS = (
@@ -53,6 +58,10 @@ class BuildConfig:
     """Settings of one features build; load with `from_yaml` and CLI overrides, logged whole.
 
     Attributes:
+        mode: `grid` (the default): a row per customer at cutoffs every `cutoff_every_days`; `sessions`: a
+            row per session prefix, the target the next item (click streams; `features.sessions`, whose
+            settings are `sessions`, a `SessionConfig`). The grid settings below (cutoffs, warm-up, the
+            activity filter) do not apply to sessions; `test_start` and `valid_start` do.
         cutoff_every_days: days between cutoffs.
         warmup_days: the first cutoff comes this long after the first event (unless `first_cutoff`).
         first_cutoff: date of the first cutoff (ISO); cutoffs are at midnight UTC. When unset and a
@@ -75,6 +84,11 @@ class BuildConfig:
             `new`, else `active` (an event in `active_within_days`), else `lapsed` (history, but no
             event in `active_within_days`).
         item_min_count: items seen fewer times in the training window map to out-of-vocabulary.
+        vocab_until: where the vocabulary window ends: `valid_start` (the default: only events before the
+            first validation cutoff, so that selection and evaluation never see an item from their own
+            windows) or `last_cutoff` (events before the last labelled cutoff: the refit before
+            registration, `training.refit`, whose model is fine-tuned on every labelled row and may then
+            recommend every item seen before that cutoff).
         bucket_events: target events per bucket (sets the number of buckets, and so the memory).
         n_buckets: fixed number of buckets instead.
         workers: processes of the pandas engine (0: one per core).
@@ -82,6 +96,8 @@ class BuildConfig:
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     labels: LabelConfig = field(default_factory=LabelConfig)
+    mode: str = "grid"
+    sessions: SessionConfig = field(default_factory=SessionConfig)
     cutoff_every_days: int = 7
     warmup_days: int = 28
     first_cutoff: str | None = None
@@ -94,12 +110,17 @@ class BuildConfig:
     new_within_days: int = 28
     item_min_count: int = 1
     max_items: int = 1_000_000
+    vocab_until: str = "valid_start"
     bucket_events: int = 1_000_000
     n_buckets: int | None = None
     workers: int = 0
     batch_rows: int = 1_000_000
 
     def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode: {self.mode!r} is not one of {', '.join(MODES)}")
+        if self.vocab_until not in VOCAB_UNTIL:
+            raise ValueError(f"vocab_until: {self.vocab_until!r} is not one of {', '.join(VOCAB_UNTIL)}")
         splits = self.active_only_splits
         unknown = [splits] if isinstance(splits, str) else [s for s in splits if s not in SPLITS]
         if unknown:
@@ -122,11 +143,12 @@ class BuildConfig:
             )
         enc = from_settings(EncoderConfig, data.pop("encoder", {}) or {}, "encoder")
         lab = data.pop("labels", {}) or {}
+        sessions = from_settings(SessionConfig, data.pop("sessions", {}) or {}, "sessions")
         if "purchase_horizons" in lab:
             lab["purchase_horizons"] = tuple(lab["purchase_horizons"])
         if isinstance(data.get("active_only_splits"), list):
             data["active_only_splits"] = tuple(data["active_only_splits"])
-        return cls(encoder=enc, labels=from_settings(LabelConfig, lab, "labels"), **data)
+        return cls(encoder=enc, labels=from_settings(LabelConfig, lab, "labels"), sessions=sessions, **data)
 
     @classmethod
     def from_yaml(cls, path: Path | None, overrides: dict[str, Any] | None = None) -> BuildConfig:
@@ -149,6 +171,14 @@ class SplitPlan:
         later = [c for s in ("valid", "test") for c in self.cutoffs[s]]
         return min(later) if later else max(self.cutoffs["train"]) + DAY
 
+    def vocab_end(self, until: str) -> pd.Timestamp | None:
+        """Where the vocabulary window ends (`BuildConfig.vocab_until`): the validation start, or the last
+        cutoff of any split (None: no cutoff at all, every event counts)."""
+        if until == "valid_start":
+            return self.valid_start
+        every = [c for cs in self.cutoffs.values() for c in cs]
+        return max(every) if every else None
+
     def frame(self) -> pd.DataFrame:
         rows = [(c, s) for s in SPLITS for c in self.cutoffs[s]]
         return pd.DataFrame(rows, columns=["cutoff", "split"])
@@ -167,7 +197,13 @@ def plan_splits(first_ts: pd.Timestamp, last_ts: pd.Timestamp, config: BuildConf
     Only cutoffs whose whole label window lies inside the data are kept. Test cutoffs are the last ones;
     validation cutoffs end their label window before the first test cutoff, so a test label never
     overlaps an input or a label the model was selected on. Training cutoffs come before validation.
+
+    In session mode the plan holds where each split's window starts (`features.sessions.session_windows`)
+    and the rows' cutoffs are the times of their target views.
     """
+    if config.mode == "sessions":
+        windows = session_windows(first_ts, last_ts, config.sessions, config.test_start, config.valid_start)
+        return SplitPlan({s: [windows[s]] for s in SPLITS})
     horizon = pd.Timedelta(days=config.labels.horizon_days)
     every = pd.Timedelta(days=config.cutoff_every_days)
     start = (
@@ -213,6 +249,7 @@ class BucketContext:
     vocab_json: str
     plan: dict[str, list[str]]
     config: dict[str, Any]
+    n_buckets: int = 1  # the session mode's row cap is shared between the buckets
 
 
 def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: BucketContext) -> pa.Table:
@@ -226,9 +263,15 @@ def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: Bu
     if decisions is not None and decisions.empty:
         decisions = None
     prep = prepare(events, vocab)
-    cutoffs = _candidate_rows(prep, plan, config, decisions)
+    if config.mode == "sessions":
+        cutoffs = _session_candidate_rows(prep, ctx, config)
+    else:
+        cutoffs = _candidate_rows(prep, plan, config, decisions)
     batch = encode_prepared(prep, cutoffs, config.encoder)
     labels = hindsight_labels(prep, cutoffs, config.labels, decisions)
+    if config.mode == "sessions":  # the target is the one view at the cutoff, not a window's items
+        one = pa.array(np.arange(len(cutoffs) + 1, dtype=np.int32))
+        labels["next_items"] = pa.ListArray.from_arrays(one, pa.array(cutoffs["next_item"].to_numpy()))
 
     columns: dict[str, pa.Array] = {
         "customer_id": pa.array(cutoffs["customer_id"].to_numpy(dtype=object), pa.string()),
@@ -241,6 +284,8 @@ def process_bucket(events: pd.DataFrame, decisions: pd.DataFrame | None, ctx: Bu
     offsets = pa.array(batch.offsets.astype(np.int32))
     for name in TOKEN_FIELDS:
         columns[f"tok_{name}"] = pa.ListArray.from_arrays(offsets, pa.array(batch.values[name]))
+    # The whole-history item profile, ragged too (`features.history.padded_from_table` pads it).
+    columns.update(list_columns(batch.history, batch.history_rows))
     for name in AGGREGATE_NAMES:
         columns[name] = pa.array(batch.aggregates[name], pa.float64())
     columns.update(labels)
@@ -252,6 +297,12 @@ def population_rule(config: dict[str, Any], split: str) -> str:
 
     Builds from before `active_only_splits` filtered every split by activity.
     """
+    if config.get("mode") == "sessions":
+        gap = config.get("sessions", {}).get("gap_minutes", 30)
+        return (
+            f"session prefixes: a row per view after the first of a session (sessions split at gaps over "
+            f"{gap:g} minutes), the target the next view"
+        )
     if split in config.get("active_only_splits", SPLITS):
         days = config.get("active_within_days", 60)
         return (
@@ -271,14 +322,7 @@ def _candidate_rows(
     cust = np.repeat(np.arange(n_c, dtype=np.int64), n_t)
     t_ms = np.tile(cut_ms, n_c)
     day = 86_400_000
-    first = prep.starts(cust)  # every customer of `prep` has an event: a valid position
-    before = prep.search(cust, t_ms)  # events before the cutoff end here
-    history = before > first
-    # Active: an event of the customer's own (not a message the shop sent: an e-mailed customer who never
-    # answers is lapsed) within `active_within_days`, as the encoder's recency counts them.
-    own = prefix_sum((~np.isin(prep.event_type, _SHOP_SENT_CODES)).astype(np.int64))
-    window_start = np.maximum(prep.search(cust, t_ms - config.active_within_days * day), first)
-    active = own[before] > own[window_start]
+    first, history, active = _activity(prep, cust, t_ms, config)
     everyone = ~np.isin(plan["split"].to_numpy(), list(config.active_only_splits))
     keep = active | (history & np.tile(everyone, n_c))
     if decisions is not None and n_t:
@@ -289,14 +333,53 @@ def _candidate_rows(
         ok = (d_cust >= 0) & (k >= 0)
         ok &= d_ms < cut_ms[np.maximum(k, 0)] + config.labels.decision_window_days * day
         keep[d_cust[ok] * n_t + k[ok]] = True
-    # New: the first event is recent, or still to come (a row only for a logged decision).
-    new = prep.ts_ms[first[keep]] >= t_ms[keep] - config.new_within_days * day
-    segment = np.where(new, "new", np.where(active[keep], "active", "lapsed"))
     return pd.DataFrame(
         {
             "customer_id": prep.customers[cust[keep]],
             "cutoff": pd.to_datetime(t_ms[keep], unit="ms", utc=True),
             "split": plan["split"].to_numpy()[np.tile(np.arange(n_t), n_c)[keep]],
-            "segment": segment.astype(object),
+            "segment": _segment(prep, first[keep], t_ms[keep], active[keep], config),
+        }
+    )
+
+
+def _activity(
+    prep: PreparedEvents, cust: np.ndarray, t_ms: np.ndarray, config: BuildConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per (customer, cutoff): the position of the customer's first event, whether they have history
+    before the cutoff, and whether they are active (`active_within_days`)."""
+    first = prep.starts(cust)  # every customer of `prep` has an event: a valid position
+    before = prep.search(cust, t_ms)  # events before the cutoff end here
+    # Active: an event of the customer's own (not a message the shop sent: an e-mailed customer who never
+    # answers is lapsed) within `active_within_days`, as the encoder's recency counts them.
+    own = prefix_sum((~np.isin(prep.event_type, _SHOP_SENT_CODES)).astype(np.int64))
+    window_start = np.maximum(prep.search(cust, t_ms - config.active_within_days * 86_400_000), first)
+    return first, before > first, own[before] > own[window_start]
+
+
+def _segment(
+    prep: PreparedEvents, first: np.ndarray, t_ms: np.ndarray, active: np.ndarray, config: BuildConfig
+) -> np.ndarray:
+    """(n,) object: `new` (the first event is recent, or still to come: a row only for a logged
+    decision), else `active`, else `lapsed`."""
+    new = prep.ts_ms[first] >= t_ms - config.new_within_days * 86_400_000
+    return np.where(new, "new", np.where(active, "active", "lapsed")).astype(object)
+
+
+def _session_candidate_rows(prep: PreparedEvents, ctx: BucketContext, config: BuildConfig) -> pd.DataFrame:
+    """(customer, cutoff, split, segment, next_item) rows of the session mode (`features.sessions`): a
+    row per view after the first of a session, at the view's own time; segments as the grid's."""
+    windows = {s: pd.Timestamp(dates[0], tz="UTC") for s, dates in ctx.plan.items()}
+    chosen = np.isin(prep.event_type, [EVENT_TYPES.index(e) for e in config.labels.next_item_events])
+    rows = session_rows(prep, windows, config.sessions, chosen, ctx.n_buckets)
+    cust, t_ms = rows["cust"].to_numpy(), rows["t_ms"].to_numpy()
+    first, _, active = _activity(prep, cust, t_ms, config)
+    return pd.DataFrame(
+        {
+            "customer_id": rows["customer_id"].to_numpy(),
+            "cutoff": pd.to_datetime(t_ms, unit="ms", utc=True),
+            "split": rows["split"].to_numpy(),
+            "segment": _segment(prep, first, t_ms, active, config),
+            "next_item": rows["next_item"].to_numpy(),
         }
     )

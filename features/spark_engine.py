@@ -78,7 +78,10 @@ def run_spark(
     try:
         events = spark.read.parquet(*[str(f) for f in event_files])
         events = events.select(*[c for c in EVENT_READ_COLUMNS if c in events.columns])
-        before = events.filter(F.col("ts") < F.lit(plan.valid_start.to_pydatetime()))
+        vocab_end = plan.vocab_end(config.vocab_until)
+        before = events
+        if vocab_end is not None:
+            before = events.filter(F.col("ts") < F.lit(vocab_end.to_pydatetime()))
         counts = {}
         for name in FITTED_FIELDS:
             if name in events.columns:
@@ -87,7 +90,7 @@ def run_spark(
         vocab = Vocabulary.fit(
             counts, min_count=config.item_min_count, max_size={"item_id": config.max_items}
         )
-        ctx = BucketContext(vocab.to_json(), plan.to_json(), config.to_dict())
+        ctx = BucketContext(vocab.to_json(), plan.to_json(), config.to_dict(), n_buckets)
         schema = _output_schema(plan, config, vocab)
         bucket = F.pmod(F.xxhash64("customer_id"), F.lit(n_buckets))
         events = events.withColumn("bucket", bucket)

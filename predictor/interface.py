@@ -68,12 +68,24 @@ class InferenceUnit(Protocol):
     @property
     def catalogue_size(self) -> int: ...
 
+    @property
+    def head_sources(self) -> dict[str, str]:
+        """Which scorer answers each head where it is not the network (a composite's baseline heads)."""
+        ...
+
     def score(self, batch: EncodedBatch, k: int) -> Predictions:
         """Every head's calibrated answer for each row of the encoder's output; the top `k` items."""
         ...
 
-    def score_arrays(self, tokens: Mapping[str, np.ndarray], aggregates: np.ndarray, k: int) -> Predictions:
-        """The same from padded (n, max_len) tokens and (n, n_aggregates) aggregates (a features split)."""
+    def score_arrays(
+        self,
+        tokens: Mapping[str, np.ndarray],
+        aggregates: np.ndarray,
+        k: int,
+        history: Mapping[str, np.ndarray] | None = None,
+    ) -> Predictions:
+        """The same from padded (n, max_len) tokens, (n, n_aggregates) aggregates and the (n, H) item
+        profile (a features split: `training.data.FeatureData.history`; None: empty profiles)."""
         ...
 
     def weight_problems(self) -> list[str]:

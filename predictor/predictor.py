@@ -20,7 +20,9 @@ import numpy as np
 import torch
 
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS, EncodedBatch, EncoderConfig
+from features.history import HISTORY_FIELDS
 from features.vocab import FIRST, Vocabulary
+from predictor.composite import Composite
 from predictor.interface import Predictions
 from predictor.model import Calibration, JourneyModel, ModelConfig, ModelOutput, probabilities
 
@@ -35,7 +37,11 @@ def rows_per_forward(n_items: int) -> int:
 
 @torch.inference_mode()
 def raw_outputs(
-    model: JourneyModel, tokens: Mapping[str, np.ndarray], aggregates: np.ndarray, k: int = 0
+    model: JourneyModel,
+    tokens: Mapping[str, np.ndarray],
+    aggregates: np.ndarray,
+    k: int = 0,
+    history: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Logits of the stage, propensity and action heads, and the top `k` items with their probability
     under the softmax over the whole catalogue, in chunks of rows.
@@ -43,6 +49,8 @@ def raw_outputs(
     Args:
         tokens: field -> (n, max_len) integer tokens, left-padded.
         aggregates: (n, n_aggregates) in `AGGREGATE_NAMES` order.
+        history: field -> (n, history_items) integer whole-history item profile (`features.history`);
+            None: an empty profile.
     """
     n = len(aggregates)
     step = rows_per_forward(model.config.n_items)
@@ -53,7 +61,11 @@ def raw_outputs(
         batch = {
             name: torch.from_numpy(np.asarray(tokens[name][lo:hi], dtype=np.int64)) for name in TOKEN_FIELDS
         }
-        out = model(batch, torch.from_numpy(np.asarray(aggregates[lo:hi], dtype=np.float32)))
+        hist = None
+        if history is not None and HISTORY_FIELDS[0] in history:
+            hist = {name: torch.from_numpy(np.asarray(history[name][lo:hi], dtype=np.int64))
+                    for name in HISTORY_FIELDS}  # fmt: skip
+        out = model(batch, torch.from_numpy(np.asarray(aggregates[lo:hi], dtype=np.float32)), hist)
         chunks["stage"].append(out.stage.numpy())
         chunks["propensity"].append(out.propensity.numpy())
         chunks["action"].append(out.action.numpy())
@@ -72,11 +84,12 @@ def forward(
     tokens: Mapping[str, np.ndarray],
     aggregates: np.ndarray,
     k: int,
+    history: Mapping[str, np.ndarray] | None = None,
 ) -> Predictions:
     """Calibrated predictions of every head and the top `k` items (k is capped at the catalogue)."""
     config = model.config
     k = min(k, config.n_items - FIRST)
-    outs = raw_outputs(model, tokens, aggregates, k)
+    outs = raw_outputs(model, tokens, aggregates, k, history)
     logits = ModelOutput(
         stage=torch.from_numpy(outs["stage"]),
         propensity=torch.from_numpy(outs["propensity"]),
@@ -108,6 +121,8 @@ class Predictor:
     model: JourneyModel
     calibration: Calibration
     vocab: Vocabulary
+    # Per head, the baseline that serves it where one beat the network on validation (`predictor.composite`).
+    composite: Composite | None = None
 
     @property
     def config(self) -> ModelConfig:
@@ -120,17 +135,33 @@ class Predictor:
 
     @property
     def encoder_config(self) -> EncoderConfig:
-        return EncoderConfig(max_len=self.config.max_len)
+        return EncoderConfig(max_len=self.config.max_len, history_items=self.config.history_items)
 
     @property
     def catalogue_size(self) -> int:
         return len(self.items) - FIRST
 
-    def score(self, batch: EncodedBatch, k: int) -> Predictions:
-        return forward(self.model, self.calibration, batch.tokens, aggregate_matrix(batch), k)
+    @property
+    def head_sources(self) -> dict[str, str]:
+        """Head -> the scorer that answers it (chosen on validation), for a composite; empty otherwise."""
+        return dict(self.composite.sources) if self.composite is not None else {}
 
-    def score_arrays(self, tokens: Mapping[str, np.ndarray], aggregates: np.ndarray, k: int) -> Predictions:
-        return forward(self.model, self.calibration, tokens, aggregates, k)
+    def score(self, batch: EncodedBatch, k: int) -> Predictions:
+        return self.score_arrays(batch.tokens, aggregate_matrix(batch), k, batch.history_padded)
+
+    def score_arrays(
+        self,
+        tokens: Mapping[str, np.ndarray],
+        aggregates: np.ndarray,
+        k: int,
+        history: Mapping[str, np.ndarray] | None = None,
+    ) -> Predictions:
+        network = forward(self.model, self.calibration, tokens, aggregates, k, history)
+        return self.served(network, aggregates)
+
+    def served(self, network: Predictions, aggregates: np.ndarray) -> Predictions:
+        """The network's predictions with the composite's baseline heads in place (as they are served)."""
+        return network if self.composite is None else self.composite.apply(network, aggregates)
 
     def weight_problems(self) -> list[str]:
         """Non-finite parameters, buffers, item embeddings or calibration temperatures."""
@@ -164,10 +195,13 @@ class Predictor:
         meta = {"model_config": self.config.to_dict(), "calibration": self.calibration.to_dict()}
         (path / META).write_text(json.dumps(meta, indent=2))
         self.vocab.save(path / VOCAB)
+        if self.composite is not None:
+            self.composite.save(path)
 
     @classmethod
     def load(cls, path: Path) -> Predictor:
         meta = json.loads((path / META).read_text())
         model = JourneyModel(ModelConfig.from_dict(meta["model_config"]))
         model.load_state_dict(torch.load(path / WEIGHTS, map_location="cpu", weights_only=True))
-        return cls(model.eval(), Calibration.from_dict(meta["calibration"]), Vocabulary.load(path / VOCAB))
+        calibration, vocab = Calibration.from_dict(meta["calibration"]), Vocabulary.load(path / VOCAB)
+        return cls(model.eval(), calibration, vocab, Composite.load(path))

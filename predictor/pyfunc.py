@@ -17,6 +17,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from features.encoder import encode
+from features.labels import cart_abandon_hours
 from features.schema import ACTIONS, STAGES
 from predictor.interface import Predictions
 from predictor.predictor import Predictor
@@ -46,7 +47,7 @@ class JourneyPyfunc(PythonModel):
     def predict_features(self, data: Any, k: int = 50) -> Predictions:
         """Predictions on a features split (`training.data.FeatureData`: padded tokens and aggregates),
         what the promotion gate and `journey evaluate` score."""
-        return self.predictor.score_arrays(data.tokens, data.aggregates, k)
+        return self.predictor.score_arrays(data.tokens, data.aggregates, k, getattr(data, "history", None))
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: Mapping[str, Any] | None = None
@@ -63,17 +64,26 @@ class JourneyPyfunc(PythonModel):
             now = events.groupby(events["customer_id"].astype(str))["ts"].max() + pd.Timedelta(microseconds=1)
         cutoffs = pd.DataFrame({"customer_id": customers, "cutoff": now.loc[customers].to_numpy()})
         batch = encode(events, cutoffs, self.predictor.vocab, self.predictor.encoder_config)
-        return predictions_frame(customers, self.predictor.score(batch, k), self.predictor.items)
+        open_cart = np.asarray(batch.aggregates["open_cart"]) >= 1
+        return predictions_frame(customers, self.predictor.score(batch, k), self.predictor.items, open_cart)
 
 
-def predictions_frame(customers: np.ndarray, pred: Predictions, items: np.ndarray) -> pd.DataFrame:
-    """One row per customer: stage, its probabilities, propensities, action outcomes, top item ids."""
+def predictions_frame(
+    customers: np.ndarray, pred: Predictions, items: np.ndarray, open_cart: np.ndarray | None = None
+) -> pd.DataFrame:
+    """One row per customer: stage, its probabilities, propensities, action outcomes, top item ids.
+
+    The cart-abandonment head (`features.labels.cart_abandon_hours`) answers only for a customer with an
+    open cart (`open_cart`, the encoder's aggregate); NaN for the others, as the service answers null.
+    """
     if pred.stage_proba is None or pred.action_outcome is None or pred.top_items is None:
         raise ValueError("the scorer must predict stage, action outcomes and items")
     out = pd.DataFrame({"customer_id": customers, "stage": np.array(STAGES)[pred.stage_proba.argmax(1)]})
     for j, s in enumerate(STAGES):
         out[f"p_stage_{s}"] = pred.stage_proba[:, j]
     for name, p in pred.propensity.items():
+        if open_cart is not None and cart_abandon_hours(name) is not None:
+            p = np.where(open_cart, p, np.nan)
         out[f"p_{name}"] = p
     for j, a in enumerate(ACTIONS):
         out[f"p_outcome_{a}"] = pred.action_outcome[:, j]
@@ -81,10 +91,11 @@ def predictions_frame(customers: np.ndarray, pred: Predictions, items: np.ndarra
     return out
 
 
-def inference_requirements() -> list[str]:
-    """Pinned pip requirements of the registered model: only what inference imports."""
+def inference_requirements(lightgbm: bool = False) -> list[str]:
+    """Pinned pip requirements of the registered model: only what inference imports (and LightGBM where
+    the composite serves a head with a booster: `predictor.served_heads`)."""
     reqs = []
-    for name in INFERENCE_PACKAGES:
+    for name in (*INFERENCE_PACKAGES, *(("lightgbm",) if lightgbm else ())):
         try:
             reqs.append(f"{name}=={importlib.metadata.version(name).split('+')[0]}")
         except importlib.metadata.PackageNotFoundError:

@@ -7,6 +7,10 @@ for the outcomes that come back through `POST /v1/feedback`) as a customer score
 decision is committed with the same rules (consent, caps, gap, cooldowns, quiet hours), atomically, so an
 export and the API (or two exports) never send one customer more than they allow. `now` is free here
 (backtests), unlike the API's `context.now`.
+
+Columns (`serving.decided.table`): the stage and its probabilities, the decision, the top items, and a
+`p_<head>` per propensity head; `p_cart_abandon_<h>h` (the probability that an open cart is not bought
+within h hours) is empty for a customer without an open cart, as the API's `cart_abandonment` is null.
 """
 
 from __future__ import annotations

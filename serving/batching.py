@@ -25,8 +25,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, replace
 from typing import Generic, TypeVar
 
-import numpy as np
-
 from features.encoder import EncodedBatch
 from predictor.interface import InferenceUnit, Predictions
 
@@ -288,14 +286,7 @@ class MicroBatcher(Generic[T, R]):
 
 
 def _concat_batches(batches: Sequence[EncodedBatch]) -> EncodedBatch:
-    return EncodedBatch(
-        values={name: np.concatenate([b.values[name] for b in batches]) for name in batches[0].values},
-        length=np.concatenate([b.length for b in batches]),
-        max_len=batches[0].max_len,
-        aggregates={
-            name: np.concatenate([b.aggregates[name] for b in batches]) for name in batches[0].aggregates
-        },
-    )
+    return EncodedBatch.concat(list(batches))
 
 
 def forward_together(items: list[tuple[InferenceUnit, EncodedBatch, int]]) -> list[Predictions]:

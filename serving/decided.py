@@ -16,7 +16,7 @@ from features.schema import ACTIONS, STAGES, Action
 from predictor.interface import Predictions
 from serving.decisions import MESSAGE_CHANNEL, reasons
 from serving.model import LoadedModel
-from serving.scoring import Scored
+from serving.scoring import CartAnswer, Scored, cart_abandonment
 from serving.store import Decision
 
 
@@ -58,6 +58,11 @@ class Decided:
         assert self.pred.stage_proba is not None
         return self.pred.stage_proba.argmax(axis=1)
 
+    @cached_property
+    def cart(self) -> CartAnswer | None:
+        """The cart-abandonment answer per row (NaN without an open cart; None: the model has no head)."""
+        return cart_abandonment(self.scored)
+
     def items(self, i: int) -> list[str]:
         assert self.pred.top_items is not None
         return [str(item) for item in self.model.items[self.pred.top_items[i, : self.k[i]]]]
@@ -92,6 +97,7 @@ def answer(d: Decided, i: int, explain: bool = True) -> dict[str, Any]:
         key=lambda r: (not r["eligible"], -float(r["score"])),  # type: ignore[arg-type]
     )
     control, explored = bool(d.control[i]), bool(d.explored[i])
+    cart = d.cart
     return {
         "customer_id": d.scored.customer_ids[i],
         "scored_at": d.scored.now[i],
@@ -100,7 +106,12 @@ def answer(d: Decided, i: int, explain: bool = True) -> dict[str, Any]:
             "label": stage,
             "probabilities": {s: float(p) for s, p in zip(STAGES, stage_p, strict=True)},
         },
-        "propensities": {name: float(p[i]) for name, p in pred.propensity.items()},
+        "propensities": {
+            name: float(p[i]) for name, p in pred.propensity.items() if cart is None or name != cart.head
+        },
+        "cart_abandonment": None
+        if cart is None or np.isnan(cart.probability[i])
+        else {"probability": float(cart.probability[i]), "window_hours": cart.window_hours},
         "next_best_action": {
             "action": action,
             "channel": None if action == Action.NO_SEND else MESSAGE_CHANNEL,
@@ -135,9 +146,10 @@ def table(d: Decided) -> pd.DataFrame:
     """The decisions as the audience export's table.
 
     Columns: customer_id, scored_at, model_version, stage, p_stage_<s>, action, channel,
-    expected_uplift, propensity, decision_id, control_group, top_items, p_<propensity>.
+    expected_uplift, propensity, decision_id, control_group, top_items, p_<propensity> (among them
+    p_cart_abandon_<h>h, empty where the customer has no open cart).
     """
-    pred, n = d.pred, len(d.scored.customer_ids)
+    pred, n, cart = d.pred, len(d.scored.customer_ids), d.cart
     assert pred.stage_proba is not None
     is_message = d.action != NO_SEND
     return pd.DataFrame(
@@ -154,7 +166,10 @@ def table(d: Decided) -> pd.DataFrame:
             "decision_id": d.decision_ids,
             "control_group": d.control,
             "top_items": [" ".join(d.items(i)) for i in range(n)],
-            **{f"p_{name}": p for name, p in pred.propensity.items()},
+            **{
+                f"p_{name}": cart.probability if cart is not None and name == cart.head else p
+                for name, p in pred.propensity.items()
+            },
         }
     )
 

@@ -86,6 +86,10 @@ class LoadedModel:
     def catalogue_size(self) -> int:
         return self.predictor.catalogue_size
 
+    @property
+    def head_sources(self) -> dict[str, str]:
+        return self.predictor.head_sources
+
 
 def load_version(
     name: str, version: str, alias: str, sample_events: SampleEvents | None = None

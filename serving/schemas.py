@@ -225,12 +225,25 @@ class Recommendation(BaseModel):
     rank: int
 
 
+class CartAbandonment(BaseModel):
+    probability: float = Field(
+        description="Probability that the open cart is not bought within `window_hours` (calibrated)."
+    )
+    window_hours: int = Field(description="The window the model learned (`labels.cart_abandon_hours`).")
+
+
 class ScoreResponse(BaseModel):
     customer_id: str
     scored_at: datetime
     model: ModelRef
     stage: StageOut
     propensities: dict[str, float]
+    cart_abandonment: CartAbandonment | None = Field(
+        description="For a customer with an open cart (something added to the cart since the last "
+        "purchase, within the last 7 days): the probability that it is not bought within the window. "
+        "null when the customer has no open cart (the head learned from open carts only, so there is "
+        "nothing to say), or the model has no cart-abandonment head."
+    )
     next_best_action: NextBestAction
     recommendations: list[Recommendation]
     reasons: list[str]
@@ -272,6 +285,9 @@ class ModelInfo(BaseModel):
     last_checked_at: datetime | None
     last_error: str | None
     catalogue_size: int | None
+    # Per head, the scorer that answers it ("sequence": the network; a baseline of the training run where
+    # it won on the validation window: the registered model is then a composite). Empty: the network only.
+    heads: dict[str, str] = {}
 
 
 class ReloadResponse(BaseModel):

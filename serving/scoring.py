@@ -18,6 +18,7 @@ import numpy as np
 
 from features.columns import EventColumns, to_us
 from features.encoder import AGGREGATE_NAMES, EncodedBatch, encode_columns
+from features.labels import cart_abandon_hours
 from features.schema import ACTIONS, CONSENT_VALUE, MESSAGE_ACTIONS, SENT_MESSAGE_EVENTS
 from predictor.interface import InferenceUnit, Predictions
 from serving.decisions import utcnow as utcnow  # the clock, re-exported for the HTTP layer
@@ -58,6 +59,31 @@ class Scored:
         rows = range(max(lo, seen - n), seen)
         kinds, items = self.events["event_type"], self.events["item_id"]
         return [(str(kinds[j]), items[j], from_us(int(self.events.ts_us[j]))) for j in rows]
+
+
+@dataclass(frozen=True)
+class CartAnswer:
+    """The model's cart-abandonment head as served: its name (`cart_abandon_<h>h`), its window in hours,
+    and per row the probability where the customer has an open cart, NaN elsewhere."""
+
+    head: str
+    window_hours: int
+    probability: np.ndarray
+
+
+def cart_abandonment(scored: Scored) -> CartAnswer | None:
+    """The cart-abandonment answer of a scored batch (None: the model has no such head).
+
+    The head learned from customers with an open cart only (`features.labels`: the encoder's
+    `open_cart` aggregate); for anyone else the question has no answer, whatever number the network
+    gives, so the answer is NaN there (null in the API, empty in the audience export).
+    """
+    for name, p in scored.pred.propensity.items():
+        hours = cart_abandon_hours(name)
+        if hours is not None:
+            is_open = np.asarray(scored.batch.aggregates["open_cart"]) >= 1
+            return CartAnswer(name, hours, np.where(is_open, np.asarray(p, dtype=np.float64), np.nan))
+    return None
 
 
 def merge_events(stored: EventColumns, inline: Sequence[EventColumns]) -> EventColumns:

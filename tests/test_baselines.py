@@ -363,7 +363,7 @@ def test_expected_calibration_error_by_hand() -> None:
 def test_all_baselines_builds_scorers_from_config() -> None:
     scorers = all_baselines()
     assert [s.name for s in scorers] == [
-        "popularity", "own_history", "item_knn", "tifu_knn", "lightgbm_aggregates", "logistic_rf",
+        "popularity", "own_history", "item_knn", "tifu_knn", "lightgbm_aggregates", "logistic_rf", "bg_nbd",
     ]  # fmt: skip
     assert all(isinstance(s, Scorer) for s in scorers)
     chosen = all_baselines({"baselines": ["item_knn"], "knn_neighbours": 7, "own_decay_grid": [0.9]})

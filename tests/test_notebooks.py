@@ -36,15 +36,17 @@ EXPLORE, RETRAIN, REVIEW = "01-explore-journeys", "02-retrain-and-register", "03
 KERNEL = "journey-engine-tests"
 SCORERS = {
     "sequence",
+    "composite",
     "popularity",
     "own_history",
     "item_knn",
     "tifu_knn",
     "lightgbm_aggregates",
     "logistic_rf",
+    "bg_nbd",
 }
 # Scorers that predict no items (propensities, and the stage for LightGBM).
-NOT_RECOMMENDERS = {"lightgbm_aggregates", "logistic_rf"}
+NOT_RECOMMENDERS = {"lightgbm_aggregates", "logistic_rf", "bg_nbd"}
 SMALL_SHOP = {"n_customers": 1_500, "days": 120, "n_items": 300, "seed": 0}
 SMALL_FIT = {"max_epochs": 3, "max_train_rows": 20_000, "n_boot": 20, "journey_map": False}
 
@@ -223,7 +225,7 @@ def test_review_promotes_only_through_the_gate_or_by_force(executed: dict[str, A
         assert set(r["candidate_metrics"]) == set(r["champion_metrics"]) == set(r["gate_metrics"])
         assert all(0.0 <= v <= 1.0 for v in r["candidate_metrics"].values())
         assert set(r["floors"]) == set(r["gate_metrics"])
-        assert set(r["baselines"]) == SCORERS - {"sequence"}
+        assert set(r["baselines"]) == SCORERS - {"sequence", "composite"}
         assert r["failures"]  # the gate refuses the candidate it refused at training
         assert r["logged_reasons"] == r["failures"]
     # The gate scores the candidate on the test window it was trained beside: the training run's figures.

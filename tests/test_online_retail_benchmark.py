@@ -14,6 +14,7 @@ from benchmarks.online_retail_protocol import (
     MARKER_END,
     MARKER_START,
     SEQUENCE,
+    SERVED,
     Settings,
     aligned_first_cutoff,
     label_overrides,
@@ -50,6 +51,7 @@ def test_labels_follow_the_horizon() -> None:
         "labels.next_items_days": 30,
         "labels.decision_days": 7,
         "labels.purchase_horizons": [7, 30],
+        "labels.cart_abandon_hours": None,
     }
     short = label_overrides(5)
     assert short["labels.decision_days"] == 5
@@ -110,11 +112,12 @@ def test_pipeline_on_the_real_export(
     assert all(bench.split[s]["rows"] > 0 for s in ("train", "valid", "test"))
 
     # One column per scorer, one row per table metric plus the fit seconds.
-    scorers = [SEQUENCE, *BaselineConfig().baselines]
+    scorers = [SEQUENCE, SERVED, *BaselineConfig().baselines]
     frame = comparison_frame(bench, table_metrics(settings.horizon))
     assert list(frame.columns) == scorers
     assert list(frame.index) == [*table_metrics(settings.horizon), "fit seconds"]
     assert (frame[SEQUENCE] != "").all()  # the model has every head
+    assert (frame[SERVED] != "").all()  # and so has the composite
     rec = [m for m in frame.index if m.startswith("rec/")]
     for name in ("popularity", "own_history", "item_knn"):
         assert (frame.loc[rec, name] != "").all()
@@ -124,14 +127,19 @@ def test_pipeline_on_the_real_export(
 
     # Every task gets a verdict line, and the section is well formed.
     for task in tasks(settings.horizon):
-        v = verdict(bench, task)
-        assert v["best"] is not None
-        assert v["best_baseline"] in scorers[1:]
+        for model in (SEQUENCE, SERVED):
+            v = verdict(bench, task, model=model)
+            assert v["best"] is not None
+            assert v["best_baseline"] in scorers[2:]
+            assert "sequence" in v  # the model's own value, beside the baseline's
     section = markdown(bench)
     assert section.startswith(MARKER_START)
     assert section.endswith(MARKER_END)
     assert "| metric | " + " | ".join(scorers) + " |" in section
-    assert section.count("\n- **") == len(tasks(settings.horizon))
+    # A verdict line per task for the network, and one for the composite, with the heads' sources.
+    assert section.count("\n- **") == 2 * len(tasks(settings.horizon))
+    assert bench.composite_sources() != "not recorded"
+    assert bench.composite_sources() in section
 
     json_path, md_path = save_results(bench, tmp_path / "results" / "online_retail.json")
     record = json.loads(json_path.read_text())

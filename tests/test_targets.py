@@ -153,9 +153,11 @@ def click_shop(tmp_path: Path) -> Path:
 def build(shop: Path, out: Path, **labels: object) -> Path:
     from features.build import build_features
 
+    # No cart-abandonment label: the click stream has one cart, after the training cutoffs (an untrained
+    # head of its own, refused like the next items: tests/test_cart_abandonment.py).
     config = BuildConfig.from_dict(
-        {"encoder": {"max_len": 10}, "labels": {"next_items_days": 7, **labels}, "warmup_days": 14,
-         "n_buckets": 1, "workers": 1}
+        {"encoder": {"max_len": 10}, "labels": {"next_items_days": 7, "cart_abandon_hours": None, **labels},
+         "warmup_days": 14, "n_buckets": 1, "workers": 1}
     )  # fmt: skip
     build_features(shop, out, config, progress=False)
     return out

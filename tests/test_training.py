@@ -57,17 +57,17 @@ def test_propensity_heads_follow_the_builds_label_horizons(shop: Path, tmp_path:
     )
     build_features(shop / "events", tmp_path, config, decisions=shop / "decisions.parquet", progress=False)
     other = FeatureBuild.open(tmp_path)
-    assert other.targets == ("purchase_5d", "churn_10d")
+    assert other.targets == ("purchase_5d", "churn_10d", "cart_abandon_24h")
     fit = FitConfig(max_epochs=1, batch_size=256, max_train_rows=2_000, seed=0)
     model = model_config_for(other, d_model=16, n_layers=1)
     scorer = SequenceScorer(model, fit, progress=False).fit(other.split("train"), other.split("valid"))
     pred = scorer.predict(other.split("test"), k=5)
-    assert set(pred.propensity) == {"purchase_5d", "churn_10d", "unsubscribe"}
+    assert set(pred.propensity) == {"purchase_5d", "churn_10d", "cart_abandon_24h", "unsubscribe"}
     assert gate_metrics_for(other.targets) == (
         "stage/macro_f1", "purchase_5d/roc_auc", "churn_10d/roc_auc", "rec/ndcg_at_10"
     )  # fmt: skip
     assert gate_metrics_for(DEFAULT_TARGETS) == GATE_METRICS
-    assert len(scorer.calibration_.propensity) == 3
+    assert len(scorer.calibration_.propensity) == 4
 
 
 def test_predictions_are_probabilities(scorer: SequenceScorer, build: FeatureBuild) -> None:
@@ -449,7 +449,7 @@ def test_the_settings_default_to_what_the_fitting_code_defaults_to() -> None:
     from training.registry import GATE_SETTINGS, GateConfig
 
     assert FitSettings().model_dump() == asdict(FitConfig())
-    from_build = {"token_sizes", "n_items", "n_aggregates", "max_len", "targets"}
+    from_build = {"token_sizes", "n_items", "n_aggregates", "max_len", "targets", "history_items"}
     model = {f.name for f in fields(ModelConfig)} - from_build
     assert ModelSettings().model_dump() == {k: v for k, v in asdict(ModelConfig()).items() if k in model}
     assert BaselineSettings().model_dump(exclude={"enabled"}) == asdict(BaselineConfig())

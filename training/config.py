@@ -71,6 +71,9 @@ class ModelSettings(Section):
     repeat: bool = _MODEL.repeat
     repeat_prior: bool = _MODEL.repeat_prior
     repeat_scale: float = _MODEL.repeat_scale
+    profile_input: bool = _MODEL.profile_input
+    profile_repeat: bool = _MODEL.profile_repeat
+    profile_scale: float = _MODEL.profile_scale
 
 
 class FitSettings(Section):
@@ -106,6 +109,19 @@ class FitSettings(Section):
         return value
 
 
+class RefitSettings(Section):
+    """The refit before registration (`training.refit`): the vocabulary up to the last labelled cutoff and
+    the selected model fine-tuned on every labelled row, so that items seen before that cutoff can be
+    recommended. Off by default for now: a refitted model has seen its build's test rows and speaks a wider
+    vocabulary, and `journey promote` and `journey evaluate` still re-score a registered model on a build's
+    test window in that build's vocabulary; until they map vocabularies and use the run's pre-refit figures,
+    a refitted model would be judged on rows it was fitted on."""
+
+    enabled: bool = False
+    epochs: int = Field(default=1, ge=1)
+    lr_scale: float = Field(default=0.3, gt=0)
+
+
 class BaselineSettings(Section):
     """`training.baselines.BaselineConfig` fields, and `enabled` (false: no baselines are fitted)."""
 
@@ -128,6 +144,8 @@ class BaselineSettings(Section):
     tifu_group_size_grid: tuple[int, ...] = _BASELINES.tifu_group_size_grid
     tifu_browse_weight_grid: tuple[float, ...] = _BASELINES.tifu_browse_weight_grid
     tifu_max_tune_rows: int = _BASELINES.tifu_max_tune_rows
+    session_knn_neighbours: int = _BASELINES.session_knn_neighbours
+    session_knn_decay_grid: tuple[float, ...] = _BASELINES.session_knn_decay_grid
     logistic_features: tuple[str, ...] = _BASELINES.logistic_features
     logistic_c_grid: tuple[float, ...] = _BASELINES.logistic_c_grid
     lgbm_learning_rate: float = _BASELINES.lgbm_learning_rate
@@ -193,6 +211,11 @@ class TrainConfig(Section):
             (consent, fatigue, eligibility), so that it judges decisions as the service will; None: the
             project's `configs/serve.yaml`.
         journey_map: the journey map logged with the run (`JourneyMapSettings`).
+        composite: register a composite model: per head, the scorer (the network, LightGBM or the
+            logistic regression of this run) with the best validation metric (`training.composite`), so
+            that no served head is worse on validation than a baseline of its own run; false: the network
+            answers every head.
+        refit: the refit before registration (`RefitSettings`).
     """
 
     features: PathText = "demo_output/features"
@@ -207,6 +230,8 @@ class TrainConfig(Section):
     journey_map: JourneyMapSettings = JourneyMapSettings()
     gate: GateSettings = GateSettings()
     rules: PathText | None = None
+    composite: bool = True
+    refit: RefitSettings = RefitSettings()
 
     @model_validator(mode="after")
     def _check_gate_and_rules(self) -> TrainConfig:

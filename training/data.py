@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ import pyarrow as pa
 
 from features.build import load_rows, padded_tokens
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS
+from features.history import padded_from_table
+from features.labels import cart_abandon_target
 from features.schema import ACTIONS, STAGES
 from features.snapshots import population_rule
 from features.vocab import FIRST, Vocabulary
@@ -21,11 +23,16 @@ from predictor.model import DEFAULT_TARGETS
 def propensity_targets(labels: dict[str, Any]) -> tuple[str, ...]:
     """The propensity label columns a build with this label config writes, in a stable order.
 
+    The cart-abandonment label comes last, where the config sets its window: a build from before the
+    label (no `cart_abandon_hours` in its manifest) has no such column, and `null` turns it off.
+
     Args:
         labels: the `labels` section of a features manifest's config (`features.labels.LabelConfig`).
     """
     horizons = sorted({int(h) for h in labels.get("purchase_horizons", (7, 30))})
-    return (*(f"purchase_{h}d" for h in horizons), f"churn_{int(labels.get('churn_days', 30))}d")
+    out = (*(f"purchase_{h}d" for h in horizons), f"churn_{int(labels.get('churn_days', 30))}d")
+    hours = labels.get("cart_abandon_hours")
+    return out if hours is None else (*out, cart_abandon_target(int(hours)))
 
 
 @dataclass
@@ -39,12 +46,16 @@ class FeatureData:
         length: (n,) real events per sequence.
         aggregates: (n, len(AGGREGATE_NAMES)) float32, in AGGREGATE_NAMES order.
         stage: (n,) int64 index into STAGES.
-        targets: name -> (n,) float32 0/1, one per propensity label column of the build.
+        targets: name -> (n,) float32 0/1, one per propensity label column of the build; NaN where a
+            row has no label (cart abandonment: no open cart), which every head then leaves out.
         next_items: list of n int arrays of vocabulary item indices (may be empty; OOV items kept as 1).
         logged_action: (n,) int64 index into ACTIONS, -1 where no decision was logged.
         logged_propensity: (n,) float64, NaN where none.
         outcome: (n,) float32, the logged decision's outcome (purchase in its window), NaN where none.
         unsubscribed: (n,) float32, unsubscribe after the logged decision, NaN where none.
+        history: field -> (n, history_items) int32, the whole-history item profile
+            (`features.history.HISTORY_FIELDS`), most-bought first, zero-padded; (n, 0) for a build
+            from before the profile.
         segment: (n,) where each customer stands at the cutoff (`features.snapshots.SEGMENTS`), None for
             a build from before segments; the evaluation reports every metric per segment.
         split: the split's name, and `population` who has a row in it in words
@@ -64,6 +75,7 @@ class FeatureData:
     outcome: np.ndarray
     unsubscribed: np.ndarray
     n_items: int
+    history: dict[str, np.ndarray] = field(default_factory=dict)
     segment: np.ndarray | None = None
     split: str | None = None
     population: str | None = None
@@ -92,6 +104,7 @@ class FeatureData:
             outcome=self.outcome[idx],
             unsubscribed=self.unsubscribed[idx],
             n_items=self.n_items,
+            history={k: v[idx] for k, v in self.history.items()},
             segment=None if self.segment is None else self.segment[idx],
             split=self.split,
             population=self.population,
@@ -99,7 +112,12 @@ class FeatureData:
 
     @classmethod
     def from_table(
-        cls, table: pa.Table, max_len: int, n_items: int, targets: tuple[str, ...] = DEFAULT_TARGETS
+        cls,
+        table: pa.Table,
+        max_len: int,
+        n_items: int,
+        targets: tuple[str, ...] = DEFAULT_TARGETS,
+        history_items: int = 0,
     ) -> FeatureData:
         """Builds the arrays from rows written by `features.build`.
 
@@ -132,6 +150,7 @@ class FeatureData:
             outcome=_floats(table.column("outcome_purchase")).astype(np.float32),
             unsubscribed=_floats(table.column("outcome_unsubscribe")).astype(np.float32),
             n_items=n_items,
+            history=padded_from_table(table, history_items),
             segment=(
                 np.asarray(table.column("segment").to_pylist(), dtype=object)
                 if "segment" in table.column_names
@@ -168,6 +187,12 @@ class FeatureBuild:
         return self.vocab.size("item_id")
 
     @property
+    def history_items(self) -> int:
+        """Profile items per row (`features.encoder.EncoderConfig.history_items`; 0 for a build from
+        before the profile)."""
+        return int(self.manifest["config"]["encoder"].get("history_items", 0))
+
+    @property
     def catalogue(self) -> np.ndarray:
         """Vocabulary indices of every recommendable item (the whole catalogue the model ranks)."""
         return np.arange(FIRST, self.n_items)
@@ -178,7 +203,9 @@ class FeatureBuild:
         return propensity_targets(self.manifest["config"].get("labels", {}))
 
     def split(self, name: str) -> FeatureData:
-        data = FeatureData.from_table(load_rows(self.path, name), self.max_len, self.n_items, self.targets)
+        data = FeatureData.from_table(
+            load_rows(self.path, name), self.max_len, self.n_items, self.targets, self.history_items
+        )
         data.split = name
         data.population = population_rule(self.manifest["config"], name)
         return data

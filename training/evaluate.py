@@ -12,11 +12,13 @@ an interval also has `<name>_lo` and `<name>_hi` (95 % percentile bootstrap over
   `stage/f1/<s>`; `stage_true/...` the same against the simulator's latent stage when `truth` is given.
 * propensities: `<t>/roc_auc`, `<t>/pr_auc`, `<t>/log_loss`, `<t>/ece` (intervals), `<t>/base_rate`,
   `<t>/mean_predicted`, `<t>/n_rows`. <t> is a key of `Predictions.propensity` (purchase_7d,
-  purchase_30d, churn_30d, unsubscribe: on the rows with a logged send only, as it means "if mailed").
+  purchase_30d, churn_30d, cart_abandon_24h: on the rows with an open cart only, where it has a label;
+  unsubscribe: on the rows with a logged send only, as it means "if mailed"). `info["population"]["heads"]`
+  names the rows of a head labelled on some rows only.
 * recommendations (full catalogue; rows without a relevant item left out): `rec/recall_at_K`,
   `rec/ndcg_at_K`, `rec/mrr_at_K`, `rec/hit_at_K` (intervals), `rec/coverage_at_K`, `rec/n_rows`; and the
-  same under `rec/repeat/` and `rec/explore/` (relevant items the customer had / had not interacted with in
-  the events the model sees).
+  same under `rec/repeat/` and `rec/explore/` (relevant items the customer had / had not interacted with
+  before the cutoff: in the last events the model sees, or in its whole-history item profile).
 * policies (logged decisions of the split): `policy/<p>/<e>` with <e> in ips, snips, dm, dr (intervals;
   dm and dr need `action_outcome`), `policy/<p>/ess` (effective sample size share of the importance
   weights), `policy/<p>/send_rate`, `policy/<p>/true_value` (simulated data);
@@ -204,10 +206,17 @@ def evaluate(
 
 
 def population(data: FeatureData) -> dict[str, Any]:
-    """Who is evaluated: the split, its cutoffs and rows, the build's rule, and the rows per segment."""
+    """Who is evaluated: the split, its cutoffs and rows, the build's rule, the rows per segment, and for
+    a propensity head labelled on some rows only (cart abandonment), the rows its figures cover."""
     counts = {} if data.segment is None else {g: int(np.sum(data.segment == g)) for g in SEGMENTS}
+    heads = {t: {"rows": int(np.isfinite(y).sum()), "who": _LABELLED.get(t.split("_")[0], "with a label")}
+             for t, y in data.targets.items() if not np.isfinite(y).all()}  # fmt: skip
     return {"split": data.split, "n_cutoffs": len(np.unique(data.cutoff_ms)), "n_rows": len(data),
-            "rule": data.population, "segments": counts}  # fmt: skip
+            "rule": data.population, "segments": counts, "heads": heads}  # fmt: skip
+
+
+# Who a partly labelled head's figures cover, by the first part of its name.
+_LABELLED = {"cart": "with an open cart at the cutoff"}
 
 
 def _take(pred: Predictions, rows: np.ndarray) -> Predictions:
@@ -338,7 +347,12 @@ def _recommendations(
         return
     # Padding and out-of-vocabulary items can never be recommended: they are not relevant either.
     relevant = unique_relevant(data.next_items, min_item=FIRST)
-    repeat, explore = split_repeat_explore(relevant, data.tokens["item_id"])
+    # Repeat: an item the customer touched before the cutoff, in the last events or in the whole-history
+    # profile (`features.history`): an item bought a year ago is not a discovery.
+    seen = data.tokens["item_id"]
+    if data.history and data.history["item"].shape[1]:
+        seen = np.concatenate([seen, data.history["item"].astype(seen.dtype)], axis=1)
+    repeat, explore = split_repeat_explore(relevant, seen)
     per_row: dict[str, np.ndarray] = {}
     for part, rel in (("rec/", relevant), ("rec/repeat/", repeat), ("rec/explore/", explore)):
         for metric, values in ranking_metrics(top_items, rel, usable).items():

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from features.labels import cart_abandon_hours
 from features.schema import ACTIONS, Action
 from training.data import FeatureData
 
@@ -26,9 +27,10 @@ _NO_SEND = ACTIONS.index(Action.NO_SEND)
 def labelled_rows(train: FeatureData, targets: tuple[str, ...], decision_log: bool) -> dict[str, int]:
     """Head -> training rows with a label for it, for every head the model serves.
 
-    The stage and each propensity target label every row (0 and 1 alike); the next items label a row with
-    at least one item. Unsubscribe (rows with a logged send) and the action outcomes (rows with a logged
-    decision) learn from the decision log only, so they count when the build has one.
+    The stage labels every row; a propensity target a row where its label is known (0 and 1 alike; the
+    cart-abandonment label only rows with an open cart); the next items label a row with at least one
+    item. Unsubscribe (rows with a logged send) and the action outcomes (rows with a logged decision)
+    learn from the decision log only, so they count when the build has one.
     """
     counts = {"stage": len(train)}
     counts.update({t: int(np.isfinite(train.targets[t]).sum()) for t in targets})
@@ -77,5 +79,12 @@ def _hint(head: str, labels: Mapping[str, Any]) -> tuple[str, str]:
         return (
             setting,
             f"no logged {what} at a training cutoff: give a decision log covering the training window",
+        )
+    hours = cart_abandon_hours(head)
+    if hours is not None:
+        return (
+            f"labels.cart_abandon_hours = {labels.get('cart_abandon_hours', hours)}",
+            "no customer had an open cart (an add_to_cart since the last purchase, within 7 days) at a "
+            "training cutoff: a shop that logs no carts sets labels.cart_abandon_hours: null",
         )
     return "the training split is empty", "check the build's cutoffs and splits (its manifest's rows)"

@@ -38,7 +38,8 @@ def run_baseline_metrics(run: Any) -> dict[str, dict[str, float]]:
     if tagged is not None:
         names = {b for b in tagged.split(",") if b}
     else:  # runs from before the tag: every prefix of a logged test metric but the model's own
-        names = {k.split("/", 1)[0] for k in run.data.metrics if "/" in k} - {"sequence", "journey_map"}
+        names = {k.split("/", 1)[0] for k in run.data.metrics if "/" in k}
+        names -= {"sequence", "composite", "journey_map"}
     out: dict[str, dict[str, float]] = {}
     for key, value in run.data.metrics.items():
         name, _, metric = key.partition("/")

@@ -27,6 +27,7 @@ import features
 import predictor
 from features.schema import ACTIONS, EVENT_COLUMNS, STAGES
 from features.vocab import Vocabulary
+from predictor.composite import Composite
 from predictor.pyfunc import ARTIFACT, JourneyPyfunc, inference_requirements
 from predictor.registry import (
     CHALLENGER,
@@ -55,13 +56,21 @@ def gate_metrics_for(targets: tuple[str, ...]) -> tuple[str, ...]:
     return ("stage/macro_f1", *picked, "rec/ndcg_at_10")
 
 
-def log_scorer(scorer: SequenceScorer, vocab: Vocabulary, example_events: pd.DataFrame) -> Any:
-    """Logs the fitted model's predictor as a pyfunc in the active run and registers it; returns the
-    version (aliased as the challenger)."""
+def log_scorer(
+    scorer: SequenceScorer,
+    vocab: Vocabulary,
+    example_events: pd.DataFrame,
+    composite: Composite | None = None,
+) -> Any:
+    """Logs the fitted model's predictor (with the composite's baseline heads, where the run made one) as
+    a pyfunc in the active run and registers it; returns the version (aliased as the challenger)."""
     work = Path(tempfile.mkdtemp(prefix="journey-model-"))
     try:
         folder = work / ARTIFACT
-        scorer.to_predictor(vocab).save(folder)
+        unit = scorer.to_predictor(vocab)
+        unit.composite = composite
+        unit.save(folder)
+        needs_lightgbm = composite is not None and composite.needs_lightgbm
         labels = {
             "stages": list(STAGES),
             "actions": list(ACTIONS),
@@ -85,7 +94,7 @@ def log_scorer(scorer: SequenceScorer, vocab: Vocabulary, example_events: pd.Dat
             code_paths=[str(Path(features.__file__).parent), str(Path(predictor.__file__).parent)],
             signature=signature,
             input_example=example,
-            pip_requirements=inference_requirements(),
+            pip_requirements=inference_requirements(lightgbm=needs_lightgbm),
             registered_model_name=MODEL_NAME,
         )
     finally:

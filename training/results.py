@@ -192,6 +192,9 @@ def population_line(results: Sequence[EvaluationResult]) -> str:
             line += f" {pop['rule']}"
         if pop.get("segments"):
             line += " (" + ", ".join(f"{g} {n:,}" for g, n in pop["segments"].items()) + ")"
+        for head, part in (pop.get("heads") or {}).items():
+            if part["rows"]:  # a head without labelled rows has no figure to qualify
+                line += f"; {head} on the {part['rows']:,} {part['who']}"
         lines[line] = None
     return " | ".join(lines)
 

@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from features.encoder import TOKEN_FIELDS
+from features.history import HISTORY_FIELDS
 from features.schema import ACTIONS, STAGES
 from features.vocab import FIRST, Vocabulary
 from predictor.model import JourneyModel, ModelConfig, ModelOutput
@@ -104,6 +105,7 @@ class RowDataset(Dataset[dict[str, Tensor]]):
 
     def __init__(self, data: FeatureData, max_next_items: int, targets: tuple[str, ...]) -> None:
         self.tokens = {name: torch.from_numpy(data.tokens[name]) for name in TOKEN_FIELDS}
+        self.history = {name: torch.from_numpy(v.astype(np.int64)) for name, v in data.history.items()}
         self.aggregates = torch.from_numpy(data.aggregates)
         self.stage = torch.from_numpy(data.stage)
         self.targets = torch.from_numpy(np.column_stack([data.targets[t] for t in targets]))
@@ -122,6 +124,7 @@ class RowDataset(Dataset[dict[str, Tensor]]):
 
     def __getitem__(self, i: int) -> dict[str, Tensor]:
         row = {f"tok_{n}": t[i] for n, t in self.tokens.items()}
+        row.update({f"hist_{n}": t[i] for n, t in self.history.items()})
         row.update(
             aggregates=self.aggregates[i],
             stage=self.stage[i],
@@ -135,17 +138,24 @@ class RowDataset(Dataset[dict[str, Tensor]]):
         return row
 
 
-def split_batch(batch: dict[str, Tensor], device: torch.device) -> tuple[dict[str, Tensor], Tensor]:
+def split_batch(
+    batch: dict[str, Tensor], device: torch.device
+) -> tuple[dict[str, Tensor], Tensor, dict[str, Tensor] | None]:
+    """The model's inputs of a loader batch: tokens, aggregates and the item profile (None if the
+    data has none)."""
     tokens = {n: batch[f"tok_{n}"].to(device) for n in TOKEN_FIELDS}
-    return tokens, batch["aggregates"].to(device)
+    history = None
+    if f"hist_{HISTORY_FIELDS[0]}" in batch:
+        history = {n: batch[f"hist_{n}"].to(device) for n in HISTORY_FIELDS}
+    return tokens, batch["aggregates"].to(device), history
 
 
 def journey_loss(
     out: ModelOutput, batch: dict[str, Tensor], config: FitConfig, stage_weight: Tensor | None = None
 ) -> tuple[Tensor, dict[str, float]]:
-    """The multi-task loss: stage CE (weighted per stage by `stage_weight`, if given) + propensity BCE +
-    full-catalogue softmax CE for next items + inverse-propensity-weighted BCE for the logged action's
-    outcome."""
+    """The multi-task loss: stage CE (weighted per stage by `stage_weight`, if given) + propensity BCE
+    (on the labelled rows of each head) + full-catalogue softmax CE for next items +
+    inverse-propensity-weighted BCE for the logged action's outcome."""
     device = out.stage.device
     w_stage, w_prop, w_items, w_action = config.loss_weights
     y = batch["stage"].to(device)
@@ -158,7 +168,13 @@ def journey_loss(
     targets = batch["targets"].to(device)  # (B, n_targets); the unsubscribe head comes last
     unsub = batch["unsubscribed"].to(device)  # -1 where no send was logged
     sent = (batch["action"].to(device) >= 0) & (batch["action"].to(device) != NO_SEND) & (unsub >= 0)
-    prop = F.binary_cross_entropy_with_logits(out.propensity[:, : targets.shape[1]], targets)
+    # A NaN target is no label (cart abandonment without an open cart): the mean over the labelled cells,
+    # which is the plain mean when every row is labelled; an unlabelled cell gets no gradient.
+    labelled = ~torch.isnan(targets)
+    cells = F.binary_cross_entropy_with_logits(
+        out.propensity[:, : targets.shape[1]], torch.where(labelled, targets, 0.0), reduction="none"
+    )
+    prop = (cells * labelled).sum() / labelled.sum().clamp(min=1)
     if sent.any():
         prop = prop + F.binary_cross_entropy_with_logits(out.propensity[sent, -1], unsub[sent])
 
@@ -337,8 +353,8 @@ class SequenceScorer:
         rank, world = _ddp()
         with progress_bar(self.progress and rank == 0, f"epoch {epoch}", total=len(loader)) as advance:
             for batch in loader:
-                tokens, agg = split_batch(batch, device)
-                loss, _ = journey_loss(net(tokens, agg), batch, self.fit_config, self.stage_weight_)
+                tokens, agg, history = split_batch(batch, device)
+                loss, _ = journey_loss(net(tokens, agg, history), batch, self.fit_config, self.stage_weight_)
                 optimiser.zero_grad(set_to_none=True)
                 loss.backward()
                 nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -368,8 +384,8 @@ class SequenceScorer:
         total, n = 0.0, 0
         parts: dict[str, float] = {}
         for batch in loader:
-            tokens, agg = split_batch(batch, device)
-            loss, p = journey_loss(model(tokens, agg), batch, self.fit_config, self.stage_weight_)
+            tokens, agg, history = split_batch(batch, device)
+            loss, p = journey_loss(model(tokens, agg, history), batch, self.fit_config, self.stage_weight_)
             size = len(batch["stage"])
             total += loss.item() * size
             n += size
@@ -379,10 +395,10 @@ class SequenceScorer:
 
     # -- prediction ---------------------------------------------------------------------------------
     def _forward_all(self, data: FeatureData, k: int = 0) -> dict[str, np.ndarray]:
-        return raw_outputs(self.model_, data.tokens, data.aggregates, k)
+        return raw_outputs(self.model_, data.tokens, data.aggregates, k, data.history)
 
     def predict(self, data: FeatureData, k: int = 50) -> Predictions:
-        return forward(self.model_, self.calibration_, data.tokens, data.aggregates, k)
+        return forward(self.model_, self.calibration_, data.tokens, data.aggregates, k, data.history)
 
     def to_predictor(self, vocab: Vocabulary) -> Predictor:
         """The fitted network, its calibration and the build's vocabularies: what is registered."""
@@ -410,5 +426,6 @@ def model_config_for(build: Any, **overrides: Any) -> ModelConfig:
         n_aggregates=len(AGGREGATE_NAMES),
         max_len=build.max_len,
         targets=build.targets,
+        history_items=getattr(build, "history_items", 0),
         **overrides,
     )

@@ -21,7 +21,8 @@ def temperatures(
     outs: dict[str, np.ndarray], valid: FeatureData, propensity_heads: Sequence[str]
 ) -> Calibration:
     """Temperature scaling per head on the validation window: for each head, the temperature of a
-    log-spaced grid over [1/4, 4] with the least negative log-likelihood (1 where a head has no rows).
+    log-spaced grid over [1/4, 4] with the least negative log-likelihood on the head's labelled rows (1 where
+    it has none).
 
     Args:
         outs: the model's raw outputs on `valid` (`predictor.predictor.raw_outputs`).
@@ -47,9 +48,9 @@ def temperatures(
         if name == UNSUBSCRIBE:
             ok = (valid.logged_action >= 0) & (valid.logged_action != NO_SEND) & ~np.isnan(valid.unsubscribed)
             target = valid.unsubscribed[ok]
-        else:
-            ok = np.ones(len(valid), dtype=bool)
-            target = valid.targets[name]
+        else:  # the labelled rows only (cart abandonment: the rows with an open cart)
+            ok = np.isfinite(valid.targets[name])
+            target = valid.targets[name][ok]
         logit = outs["propensity"][ok, j]
         prop_t.append(float(min(grid, key=lambda t: nll_sigmoid(logit, target, t))) if ok.any() else 1.0)
     ok = valid.logged_action >= 0

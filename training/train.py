@@ -28,15 +28,19 @@ import torch
 import torch.distributed as dist
 
 from features.build import input_files
+from features.vocab import FIRST
+from predictor.composite import Composite
 from predictor.model import ModelConfig
 from predictor.predictor import Predictor
 from predictor.registry import MODEL_NAME, configure, load_registered
 from training.budget import threads, use_threads
+from training.composite import SERVED, CompositeScorer, choose_heads, log_composite
 from training.config import BaselineSettings, TrainConfig
 from training.data import FeatureBuild, FeatureData
 from training.evaluate import evaluate, load_sim_truth
 from training.heads import untrained_heads
 from training.interface import Predictions, Scorer
+from training.refit import refit_for_registration
 from training.registry import GateConfig, check_gate, gate_metrics_for, log_scorer
 from training.results import EvaluationResult, markdown_table, results_table
 from training.sequence import SequenceScorer, model_config_for
@@ -78,6 +82,8 @@ class TrainResult:
         stopped: why the sequence model's fit stopped: max_epochs, patience or budget (`fit.time_budget_s`).
         untrained: heads without a labelled training row (`training.heads`), one line each (also in
             `gate_failures`): the model is not registered then, not even forced.
+        composite_sources: which scorer serves each head of the composite (`training.composite`), empty
+            when the run made none.
     """
 
     run_id: str | None
@@ -89,6 +95,7 @@ class TrainResult:
     seconds_per_epoch: float | None = None
     stopped: str | None = None
     untrained: list[str] = field(default_factory=list)
+    composite_sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def refused(self) -> bool:
@@ -113,7 +120,9 @@ def fit_baselines(
     baseline_config = config.baseline_config()
     if n_threads and "num_threads" not in config.baselines.given():
         baseline_config = replace(baseline_config, num_threads=n_threads)
-    for baseline in all_baselines(baseline_config):
+    # A build in session mode gets the session baselines by default (`all_baselines`).
+    build = FeatureBuild.open(Path(config.features)).manifest.get("config", {})
+    for baseline in all_baselines(baseline_config, build=build):
         started = time.perf_counter()
         baseline.fit(train_data, valid)
         seconds[baseline.name] = time.perf_counter() - started
@@ -180,10 +189,14 @@ class FittedRun:
     build: FeatureBuild
     results: list[EvaluationResult]
     sequence: SequenceScorer
+    composite: Composite | None = None
 
     def predictor(self) -> Predictor:
-        """The fitted model as the inference unit that would be registered."""
-        return self.sequence.to_predictor(self.build.vocab)
+        """The fitted model as the inference unit that would be registered (the composite's heads in
+        place where there is one)."""
+        unit = self.sequence.to_predictor(self.build.vocab)
+        unit.composite = self.composite
+        return unit
 
 
 # A report of a run, logged to the active MLflow run: the plots and the journey map (`reports.run`).
@@ -236,18 +249,27 @@ def train(
                                   progress=progress).fit(train_data, valid)  # fmt: skip
         seconds["sequence"] = time.perf_counter() - started
         if distributed:
+            # Every rank has the fitted network; rank 0 alone goes on (evaluation, reports, the refit before
+            # registration), outside the process group.
             dist.barrier()
-        if rank != 0:
             dist.destroy_process_group()
+        if rank != 0:
             return TrainResult(None, None, [], seconds)
         mlflow.set_tag("fit_stopped", sequence.stopped_)  # max_epochs, patience or budget
         mlflow.log_metric("sequence/seconds_per_epoch", sequence.seconds_per_epoch_)
 
         baselines = fit_baselines(config, train_data, valid, seconds, n_threads)
-        scorers: dict[str, Any] = {"sequence": sequence, **baselines}
-        results = evaluate_scorers(scorers, build, test, config)
+        scorers: dict[str, Any] = {"sequence": sequence}
+        composite = None
+        if config.composite and baselines:
+            composite = choose_heads(sequence.predict(valid, k=0), baselines, valid)
+            scorers[SERVED] = CompositeScorer(sequence, composite)
+            seconds[SERVED] = seconds["sequence"] + sum(seconds[n] for n in set(composite.sources.values())
+                                                        if n in seconds and n != "sequence")  # fmt: skip
+            log_composite(composite)
+        results = evaluate_scorers({**scorers, **baselines}, build, test, config)
         _log_results(results, seconds, len(test))
-        fitted = FittedRun(config, build, results, sequence)
+        fitted = FittedRun(config, build, results, sequence, composite)
         for report in reporters:
             report(fitted)
         untrained = untrained_heads(train_data, build.targets, build.manifest)  # no force overrides these
@@ -266,14 +288,17 @@ def train(
             if forced:
                 log.warning("FORCED registration despite the gate: %s", "; ".join(failures))
             example = _example_events(build)
-            version = str(log_scorer(sequence, build.vocab, example))
+            served, vocab = sequence, build.vocab
+            if config.refit.enabled:
+                served, vocab = refit_for_registration(sequence, build, config, progress)
+                mlflow.set_tag("refit", f"vocabulary of {vocab.size('item_id') - FIRST:,} items, "
+                               f"{config.refit.epochs} epoch(s) on every labelled row")  # fmt: skip
+            version = str(log_scorer(served, vocab, example, composite))
             mlflow.set_tag("registered_version", version)
         elif failures:
             log.warning("the model failed the gate and is not registered: %s", "; ".join(failures))
-    if distributed:
-        dist.destroy_process_group()
     return TrainResult(run_id, version, results, seconds, failures, forced, sequence.seconds_per_epoch_,
-                       sequence.stopped_, untrained)  # fmt: skip
+                       sequence.stopped_, untrained, composite.sources if composite else {})  # fmt: skip
 
 
 def _log_config(config: TrainConfig, build: FeatureBuild, model_config: ModelConfig) -> None:
@@ -301,7 +326,7 @@ def _log_results(results: list[EvaluationResult], seconds: dict[str, float], tes
         mlflow.log_metrics(r.as_metrics(f"{r.name}/"))
         mlflow.log_metric(f"{r.name}/fit_seconds", seconds[r.name])
     # What `promote` needs to find these baselines again, and to know they were scored on the same rows.
-    mlflow.set_tags({"baselines": ",".join(r.name for r in results if r.name != "sequence"),
+    mlflow.set_tags({"baselines": ",".join(r.name for r in results if r.name not in ("sequence", SERVED)),
                      "test_rows": str(test_rows)})  # fmt: skip
     mlflow.log_text(markdown_table(results_table(results)), "comparison.md")
 
@@ -309,11 +334,14 @@ def _log_results(results: list[EvaluationResult], seconds: dict[str, float], tes
 def gate_verdict(
     results: list[EvaluationResult], test: FeatureData, targets: tuple[str, ...], config: GateConfig
 ) -> list[str]:
-    """The gate on a training run's results: the `sequence` result against the floors and against the
-    other results (the baselines of the run, on the same test rows)."""
+    """The gate on a training run's results: what would be registered (the `composite` result where the
+    run made one, else `sequence`) against the floors and against the baselines of the run, on the same
+    test rows."""
     metrics = config.metrics or gate_metrics_for(targets)
-    model = next(r for r in results if r.name == "sequence")
-    baselines = {r.name: r.metrics for r in results if r.name != "sequence"}
+    names = [r.name for r in results]
+    served = SERVED if SERVED in names else "sequence"
+    model = next(r for r in results if r.name == served)
+    baselines = {r.name: r.metrics for r in results if r.name not in ("sequence", SERVED)}
     return check_gate(model.metrics, metrics, config, baselines=baselines, test_stage=test.stage)
 
 

@@ -36,6 +36,10 @@ class SimConfig:
         control_share: share of customers in the control group (stable per customer id and seed): they
             get no_send at every decision, and the policy's draw is logged as `intended_action`. 0 (the
             default) leaves the random stream, and so every output, as without a control group.
+        click_only: a click-only shop instead (`features.sim.clicks`): sessions of product views with
+            sequential structure, no purchases, carts or e-mails, no decision log and no stage truth;
+            `truth/successors.parquet` holds the item transitions. Uses n_customers, n_items,
+            n_categories, start, days, seed, initial_share, taste_concentration and chunk_size.
     """
 
     n_customers: int = 20_000
@@ -56,6 +60,7 @@ class SimConfig:
     chunk_size: int = 100_000
     policy: str = "sim_logging_v1"
     control_share: float = 0.0
+    click_only: bool = False
 
     def __post_init__(self) -> None:
         if self.n_customers < 1 or self.n_items < 1 or self.days < 1 or self.chunk_size < 1:

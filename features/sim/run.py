@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from features.schema import Action
-from features.sim.catalog import _make_catalog
+from features.sim.catalog import _Catalog, _make_catalog
+from features.sim.clicks import simulate_clicks
 from features.sim.config import SimConfig
 from features.sim.day import _ChunkSim
 from features.sim.world import _N_STAGES, LATENT_STAGES, _Tables
@@ -120,6 +121,9 @@ def simulate(config: SimConfig, out: Path, *, progress: bool = True) -> SimSumma
         out / "catalog.parquet",
     )
 
+    if config.click_only:
+        return _click_only(config, catalog, chunks_seed, out, t0)
+
     n_chunks = -(-config.n_customers // config.chunk_size)
     chunk_seeds = chunks_seed.spawn(n_chunks)
     totals: dict[str, int] = dict.fromkeys(
@@ -212,5 +216,23 @@ def simulate(config: SimConfig, out: Path, *, progress: bool = True) -> SimSumma
         seconds=round(time.perf_counter() - t0, 2),
         config=dataclasses.asdict(config),
     )
+    (out / "simulation.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    return summary
+
+
+def _click_only(
+    config: SimConfig, catalog: _Catalog, seed: np.random.SeedSequence, out: Path, t0: float
+) -> SimSummary:
+    """The click-only shop (`features.sim.clicks`): events and the transitions; no decisions, no stages."""
+    for stale in ("decisions.parquet", "truth/decisions.parquet", "truth/stages.parquet"):
+        (out / stale).unlink(missing_ok=True)
+    events = simulate_clicks(config, catalog, seed, out)
+    summary = SimSummary(
+        out=str(out), customers=config.n_customers, items=config.n_items, events=events,
+        events_per_customer=events / config.n_customers, parts=-(-config.n_customers // config.chunk_size),
+        decisions=0, sends=0, opens=0, clicks=0, unsubscribes=0, purchases=0, conversions=0,
+        conversion_no_send=0.0, open_rate=0.0, click_rate=0.0, unsubscribe_rate=0.0, stage_mix={},
+        seconds=round(time.perf_counter() - t0, 2), config=dataclasses.asdict(config),
+    )  # fmt: skip
     (out / "simulation.json").write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
     return summary

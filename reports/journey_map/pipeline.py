@@ -22,6 +22,7 @@ import pyarrow.dataset as ds
 
 from features.build import padded_tokens
 from features.encoder import AGGREGATE_NAMES, TOKEN_FIELDS
+from features.history import padded_from_table
 from features.schema import STAGES
 from features.snapshots import SPLITS
 from predictor.interface import InferenceUnit, Predictions
@@ -39,17 +40,20 @@ class ModelInputs:
         tokens: field -> (n, max_len) int64 tokens, left-padded.
         length: (n,) sequence lengths.
         aggregates: (n, n_aggregates) float32, in `AGGREGATE_NAMES` order.
+        history: field -> (n, history_items) the whole-history item profile (`features.history`), as
+            training saw it; empty for a build without one.
     """
 
     tokens: Mapping[str, np.ndarray]
     length: np.ndarray
     aggregates: np.ndarray
+    history: Mapping[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.length)
 
     @classmethod
-    def of(cls, table: pa.Table, max_len: int) -> ModelInputs:
+    def of(cls, table: pa.Table, max_len: int, history_items: int = 0) -> ModelInputs:
         """The inputs of some rows of a build's `rows` table."""
         n = table.num_rows
         return cls(
@@ -58,6 +62,7 @@ class ModelInputs:
             aggregates=np.column_stack(
                 [table.column(a).to_numpy().astype(np.float32) for a in AGGREGATE_NAMES]
             ).reshape(n, len(AGGREGATE_NAMES)),
+            history=padded_from_table(table, history_items),
         )
 
 
@@ -69,7 +74,8 @@ StageModel = InferenceUnit | Callable[[ModelInputs], Predictions | np.ndarray]
 def _stage_proba(model: StageModel, inputs: ModelInputs) -> np.ndarray:
     """(n, len(STAGES)) stage probabilities of the inputs' rows."""
     if isinstance(model, InferenceUnit):
-        out: Predictions | np.ndarray = model.score_arrays(inputs.tokens, inputs.aggregates, k=0)
+        out: Predictions | np.ndarray
+        out = model.score_arrays(inputs.tokens, inputs.aggregates, 0, inputs.history)
     elif callable(model):
         out = model(inputs)
     else:
@@ -142,7 +148,7 @@ def stage_assignments(
     ]
     table = rows.to_table(columns=columns, filter=wanted)
     probas = [
-        _stage_proba(model, ModelInputs.of(table.slice(lo, chunk_rows), build.max_len))
+        _stage_proba(model, ModelInputs.of(table.slice(lo, chunk_rows), build.max_len, build.history_items))
         for lo in range(0, table.num_rows, chunk_rows)
     ]
     proba = np.concatenate(probas) if probas else np.zeros((0, len(STAGES)))

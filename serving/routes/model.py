@@ -32,6 +32,7 @@ def get_model(manager: ManagerDep) -> dict[str, Any]:
         "last_checked_at": manager.status.checked_at,
         "last_error": manager.status.error,
         "catalogue_size": m.catalogue_size if m else None,
+        "heads": m.head_sources if m else {},
     }
 
 

@@ -6,12 +6,13 @@ held-out log losses) goes to the head's `info`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
+
+from predictor.served_heads import Calibrator, logit
 
 Calibration = Literal["auto", "platt", "isotonic", "none"]
 _EPS = 1e-6
@@ -22,40 +23,17 @@ def _log_loss(proba: np.ndarray, label: np.ndarray) -> float:
     return float(-np.mean(label * np.log(p) + (1 - label) * np.log(1 - p)))
 
 
-@dataclass
-class Calibrator:
-    """A monotone map of a binary head's probabilities, fitted on the validation split.
-
-    Stored as plain numbers (no pickled sklearn object): Platt keeps (slope, intercept) on the logit;
-    isotonic keeps the step function's knots, applied by linear interpolation and clipped at the ends,
-    as `IsotonicRegression(out_of_bounds="clip")` does.
-    """
-
-    method: str
-    x: list[float]
-    y: list[float]
-
-    @classmethod
-    def fit(cls, method: str, proba: np.ndarray, label: np.ndarray) -> Calibrator:
-        """Fits `method` ("platt" or "isotonic") on raw probabilities and 0/1 labels."""
-        if method == "platt":
-            logit = _logit(proba)[:, None]
-            model = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000).fit(logit, label.astype(int))
-            return cls("platt", [float(model.coef_[0, 0])], [float(model.intercept_[0])])
-        if method == "isotonic":
-            iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(proba, label)
-            return cls("isotonic", iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist())
-        raise ValueError(f"unknown calibration method {method!r}")
-
-    def apply(self, proba: np.ndarray) -> np.ndarray:
-        if self.method == "platt":
-            return 1.0 / (1.0 + np.exp(-(self.x[0] * _logit(proba) + self.y[0])))
-        return np.interp(proba, self.x, self.y)
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, _EPS, 1 - _EPS)
-    return np.log(p / (1 - p))
+def fit_calibrator(method: str, proba: np.ndarray, label: np.ndarray) -> Calibrator:
+    """Fits `method` ("platt" or "isotonic") on raw probabilities and 0/1 labels; the result is the
+    inference side's `predictor.served_heads.Calibrator` (plain numbers, no pickled sklearn object)."""
+    if method == "platt":
+        z = logit(proba)[:, None]
+        model = LogisticRegression(C=1e6, solver="lbfgs", max_iter=1000).fit(z, label.astype(int))
+        return Calibrator("platt", [float(model.coef_[0, 0])], [float(model.intercept_[0])])
+    if method == "isotonic":
+        iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(proba, label)
+        return Calibrator("isotonic", iso.X_thresholds_.tolist(), iso.y_thresholds_.tolist())
+    raise ValueError(f"unknown calibration method {method!r}")
 
 
 def choose_calibrator(
@@ -88,7 +66,7 @@ def choose_calibrator(
         return None
     if calibration in ("platt", "isotonic"):
         info["calibration"] = calibration
-        return Calibrator.fit(calibration, raw, label)
+        return fit_calibrator(calibration, raw, label)
     # auto: cross-fit each method on the two halves of the validation split.
     half = np.random.default_rng(seed).permutation(len(label)) % 2 == 0
     info["logloss_valid_raw"] = _log_loss(raw, label)
@@ -99,10 +77,10 @@ def choose_calibrator(
             if len(np.unique(label[~fold])) < 2:
                 held_out[fold] = raw[fold]
                 continue
-            held_out[fold] = Calibrator.fit(method, raw[~fold], label[~fold]).apply(raw[fold])
+            held_out[fold] = fit_calibrator(method, raw[~fold], label[~fold]).apply(raw[fold])
         loss = _log_loss(held_out, label)
         info[f"logloss_valid_crossfit_{method}"] = loss
         if loss < best:
             best, choice = loss, method
     info["calibration"] = choice
-    return None if choice == "none" else Calibrator.fit(choice, raw, label)
+    return None if choice == "none" else fit_calibrator(choice, raw, label)

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from training.baselines.bgnbd import BGNBD
 from training.baselines.calibration import Calibration
 from training.baselines.common import META, _Saveable
 from training.baselines.item_knn import ItemKNN
@@ -15,6 +16,7 @@ from training.baselines.lightgbm import LightGBMAggregates
 from training.baselines.logistic import LogisticRF
 from training.baselines.own_history import OwnHistory
 from training.baselines.popularity import Popularity
+from training.baselines.session_knn import SessionKNN
 from training.baselines.tifu_knn import TIFUKNN
 from training.interface import Scorer
 
@@ -24,7 +26,9 @@ class BaselineConfig:
     """The knobs of the default baselines; grids are candidates chosen on the validation split.
 
     Attributes:
-        baselines: which baselines `all_baselines` builds, in order.
+        baselines: which baselines `all_baselines` builds, in order. Left at this default, a build in
+            session mode gets `SESSION_BASELINES` instead: the recommenders a click stream is judged
+            against (its stage and propensity labels at a session prefix are not what it is built for).
         tune_k: cut-off of the validation NDCG that picks the recommenders' knobs.
         popularity_weeks_grid: recency windows of popularity in weeks (None: the whole training window).
         popularity_interaction_weight: weight of sequence events beside purchases in popularity.
@@ -43,6 +47,8 @@ class BaselineConfig:
         tifu_browse_weight_grid: TIFU-KNN: candidate weights of carts and views in a day's basket (0:
             purchases only, the paper's method).
         tifu_max_tune_rows: TIFU-KNN: validation rows its knobs are chosen on at most (a seeded sample).
+        session_knn_neighbours: session item-KNN: neighbours kept per item.
+        session_knn_decay_grid: session item-KNN: candidate recency factors per view of the session.
         logistic_features: logistic regression: the aggregates it reads (log1p of each).
         logistic_c_grid: logistic regression: candidate inverse regularisation strengths (C).
         lgbm_learning_rate: LightGBM learning rate.
@@ -64,6 +70,7 @@ class BaselineConfig:
         "tifu_knn",
         "lightgbm_aggregates",
         "logistic_rf",
+        "bg_nbd",
     )
     tune_k: int = 10
     popularity_weeks_grid: tuple[int | None, ...] = (None, 8, 4, 2, 1)
@@ -82,6 +89,8 @@ class BaselineConfig:
     tifu_group_size_grid: tuple[int, ...] = (2, 4)
     tifu_browse_weight_grid: tuple[float, ...] = (0.0, 0.3)
     tifu_max_tune_rows: int = 5_000
+    session_knn_neighbours: int = 200
+    session_knn_decay_grid: tuple[float, ...] = (1.0, 0.8, 0.5)
     logistic_features: tuple[str, ...] = ("recency_days", "n_purchases")
     logistic_c_grid: tuple[float, ...] = (1.0, 0.1, 0.01, 10.0, 100.0)
     lgbm_learning_rate: float = 0.05
@@ -112,13 +121,26 @@ class BaselineConfig:
         return asdict(self)
 
 
-def all_baselines(config: Mapping[str, Any] | BaselineConfig | None = None) -> list[Scorer]:
+# The default baselines of a build in session mode (`features.sessions`): next-item recommenders only.
+SESSION_BASELINES: tuple[str, ...] = ("popularity", "own_history", "item_knn", "session_knn")
+
+
+def all_baselines(
+    config: Mapping[str, Any] | BaselineConfig | None = None, *, build: Mapping[str, Any] | None = None
+) -> list[Scorer]:
     """The default baselines, unfitted, in `config.baselines` order.
 
     Args:
         config: a `BaselineConfig` or a mapping of its fields (None: the defaults).
+        build: the features build's config (its manifest's `config`): in session mode the default list
+            is `SESSION_BASELINES`, and session k-NN takes the build's session timeout.
     """
     cfg = config if isinstance(config, BaselineConfig) else BaselineConfig.from_dict(config)
+    build = build or {}
+    names = cfg.baselines
+    if build.get("mode") == "sessions" and names == BaselineConfig().baselines:
+        names = SESSION_BASELINES
+    gap_minutes = float((build.get("sessions") or {}).get("gap_minutes", 30.0))
     factories: dict[str, Any] = {
         "popularity": lambda: Popularity(
             cfg.popularity_weeks_grid, cfg.popularity_interaction_weight, tune_k=cfg.tune_k
@@ -163,15 +185,20 @@ def all_baselines(config: Mapping[str, Any] | BaselineConfig | None = None) -> l
             num_threads=cfg.num_threads,
         ),
         "logistic_rf": lambda: LogisticRF(cfg.logistic_features, cfg.logistic_c_grid),
+        "bg_nbd": lambda: BGNBD(seed=cfg.seed),
+        "session_knn": lambda: SessionKNN(
+            cfg.session_knn_neighbours, cfg.session_knn_decay_grid, gap_minutes, tune_k=cfg.tune_k
+        ),
     }
-    unknown = [b for b in cfg.baselines if b not in factories]
+    unknown = [b for b in names if b not in factories]
     if unknown:
         raise ValueError(f"unknown baseline(s) {', '.join(unknown)}; known: {', '.join(factories)}")
-    return [factories[b]() for b in cfg.baselines]
+    return [factories[b]() for b in names]
 
 
 BASELINES: dict[str, type[_Saveable]] = {
-    cls.__name__: cls for cls in (Popularity, OwnHistory, ItemKNN, TIFUKNN, LightGBMAggregates, LogisticRF)
+    cls.__name__: cls
+    for cls in (Popularity, OwnHistory, ItemKNN, TIFUKNN, LightGBMAggregates, LogisticRF, BGNBD, SessionKNN)
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ import numpy as np
 
 from features.encoder import AGGREGATE_NAMES
 from features.schema import ACTIONS, STAGES, Action
-from training.baselines.calibration import Calibration, Calibrator, choose_calibrator
+from predictor.served_heads import AggregateHead
+from training.baselines.calibration import Calibration, choose_calibrator
 from training.baselines.common import _Saveable
 from training.budget import threads
 from training.data import FeatureData
@@ -25,26 +26,9 @@ log = logging.getLogger(__name__)
 NO_SEND = ACTIONS.index(Action.NO_SEND)
 
 
-@dataclass
-class _Head:
-    """One prediction target: a LightGBM booster (or a constant where the labels allow no model) and an
-    optional calibrator; `info` records rows, rounds and calibration checks for the report."""
-
-    booster: lgb.Booster | None
-    constant: list[float] | None
-    calibrator: Calibrator | None
-    info: dict[str, Any]
-
-    def raw(self, x: np.ndarray) -> np.ndarray:
-        if self.booster is None:
-            assert self.constant is not None
-            value = np.asarray(self.constant, dtype=np.float64)
-            return np.tile(value, (len(x), 1)) if len(value) > 1 else np.full(len(x), value[0])
-        return np.asarray(self.booster.predict(x), dtype=np.float64)
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        proba = self.raw(x)
-        return self.calibrator.apply(proba) if self.calibrator is not None else proba
+# One head: a booster (or a constant where the labels allow no model) and an optional calibrator; its
+# `info` records rows, rounds and calibration checks for the report. The service serves the same object.
+_Head = AggregateHead
 
 
 class LightGBMAggregates(_Saveable):
@@ -270,19 +254,18 @@ class LightGBMAggregates(_Saveable):
 
     # -- persistence -----------------------------------------------------------------------------------
 
+    def served(self, head: str) -> AggregateHead:
+        """The fitted head as the composite model serves it: "stage", a propensity head, or
+        "outcome_<action>" (the action's own model or its fallback)."""
+        if head.startswith("outcome_") and head not in self.heads_:
+            head = self.fallback_[head.removeprefix("outcome_")]
+        return self.heads_[head]
+
     def save(self, path: Path) -> None:
         """Writes each booster in LightGBM's text format and everything else to `meta.json`."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        heads = {}
-        for name, head in self.heads_.items():
-            entry: dict[str, Any] = {"constant": head.constant, "info": head.info, "calibrator": None}
-            if head.booster is not None:
-                entry["model_file"] = f"{name}.txt"
-                head.booster.save_model(str(path / f"{name}.txt"))
-            if head.calibrator is not None:
-                entry["calibrator"] = asdict(head.calibrator)
-            heads[name] = entry
+        heads = {name: head.to_entry(path, name) for name, head in self.heads_.items()}
         self._write_meta(
             path, {"feature_names": self.feature_names_, "fallback": self.fallback_, "heads": heads}
         )
@@ -293,13 +276,7 @@ class LightGBMAggregates(_Saveable):
         path = Path(path)
         self, fitted = cls._read_meta(path)
         self.feature_names_, self.fallback_ = fitted["feature_names"], fitted["fallback"]
-        self.heads_ = {}
-        for name, entry in fitted["heads"].items():
-            booster = (
-                lgb.Booster(model_file=str(path / entry["model_file"])) if "model_file" in entry else None
-            )
-            calibrator = Calibrator(**entry["calibrator"]) if entry["calibrator"] else None
-            self.heads_[name] = _Head(booster, entry["constant"], calibrator, entry["info"])
+        self.heads_ = {name: AggregateHead.from_entry(entry, path) for name, entry in fitted["heads"].items()}
         return self
 
 

@@ -19,6 +19,7 @@ from sklearn.metrics import log_loss
 from sklearn.preprocessing import StandardScaler
 
 from features.encoder import AGGREGATE_NAMES
+from predictor.served_heads import AggregateHead, Linear
 from training.baselines.common import _Saveable
 from training.baselines.lightgbm import _sent
 from training.data import FeatureData
@@ -126,10 +127,21 @@ class LogisticRF(_Saveable):
         assert best is not None  # the grid is not empty (checked in fit)
         return {**best, "validation": validation}
 
+    def served(self, target: str) -> AggregateHead:
+        """A fitted head as the composite model serves it (and as `predict` scores it)."""
+        head = self.heads_[target]
+        linear = Linear(
+            columns=[int(c) for c in self.columns_],
+            mean=[float(m) for m in self.mean_],
+            scale=[float(v) for v in self.scale_],
+            coef=[float(c) for c in head["coef"]],
+            intercept=float(head["intercept"]),
+        )
+        return AggregateHead(linear=linear, info={"model": "logistic", "C": head["C"]})
+
     def predict(self, data: FeatureData, k: int = 50) -> Predictions:
         """The propensity of each fitted head; no stage, items or action outcomes."""
-        x = self._standard(self._inputs(data))
-        return Predictions(propensity={t: _probability(head, x) for t, head in self.heads_.items()})
+        return Predictions(propensity={t: self.served(t).predict(data.aggregates) for t in self.heads_})
 
     def save(self, path: Path) -> None:
         """Writes everything (coefficients, scaling, chosen C) to `meta.json`."""
