@@ -1,10 +1,10 @@
-"""The composite model: per head, the scorer that won on the validation window.
+"""The composite model: per head, the network or the baseline that beat it on the validation window.
 
 The network answers every head; a head where a baseline of the same training run did better on the
-validation window is answered by that baseline instead (a LightGBM booster or a logistic regression on
-the aggregates: `predictor.served_heads`). The choice is made by `training.composite.choose_heads` on the
-validation window and reported on the test window; the service then never serves a head worse, on
-validation, than a baseline of its own run. Items stay the network's.
+validation window, beyond that window's noise, is answered by that baseline instead (a LightGBM booster, a
+logistic regression or a BG/NBD model on the aggregates: `predictor.served_heads`). The choice is made by
+`training.composite.choose_heads` on the validation window and reported on the test window, so the service
+never serves a head that a baseline of its own run clearly beat on validation. Items stay the network's.
 
 Files (in the predictor's folder): `composite.json` (which scorer serves each head, the validation evidence,
 each served head's entry) and `composite/` (LightGBM boosters, one text file each).

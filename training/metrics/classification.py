@@ -90,6 +90,20 @@ def multiclass_log_loss(
 # Binary propensities
 
 
+def _tied_groups(
+    y: np.ndarray, p: np.ndarray, sample_weight: np.ndarray | None, descending: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """The weight of positives and of negatives in each group of tied scores, groups in score order
+    (ascending, or descending): what the ranking metrics below are sums over."""
+    y = np.asarray(y, dtype=np.float64)
+    p = np.asarray(p, dtype=np.float64)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    order = np.argsort(-p if descending else p, kind="stable")
+    ps, ys, ws = p[order], y[order], w[order]
+    group = np.cumsum(np.r_[True, ps[1:] != ps[:-1]]) - 1  # one group per distinct score
+    return np.bincount(group, weights=ws * ys), np.bincount(group, weights=ws * (1 - ys))
+
+
 def roc_auc(y: np.ndarray, p: np.ndarray, sample_weight: np.ndarray | None = None) -> float:
     """Area under the ROC curve: P(score of a random positive > score of a random negative), ties count 1/2.
 
@@ -101,16 +115,9 @@ def roc_auc(y: np.ndarray, p: np.ndarray, sample_weight: np.ndarray | None = Non
         p: (n,) scores.
         sample_weight: (n,) weights.
     """
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if len(y) == 0:
         return float("nan")
-    order = np.argsort(p, kind="stable")
-    ps, ys, ws = p[order], y[order], w[order]
-    group = np.cumsum(np.r_[True, ps[1:] != ps[:-1]]) - 1  # one group per distinct score, ascending
-    pos = np.bincount(group, weights=ws * ys)
-    neg = np.bincount(group, weights=ws * (1 - ys))
+    pos, neg = _tied_groups(y, p, sample_weight, descending=False)
     n_pos, n_neg = pos.sum(), neg.sum()
     if n_pos <= 0 or n_neg <= 0:
         return float("nan")
@@ -129,16 +136,10 @@ def average_precision(y: np.ndarray, p: np.ndarray, sample_weight: np.ndarray | 
         p: (n,) scores.
         sample_weight: (n,) weights.
     """
-    y = np.asarray(y, dtype=np.float64)
-    p = np.asarray(p, dtype=np.float64)
-    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     if len(y) == 0:
         return float("nan")
-    order = np.argsort(-p, kind="stable")
-    ps, ys, ws = p[order], y[order], w[order]
-    group = np.cumsum(np.r_[True, ps[1:] != ps[:-1]]) - 1  # distinct scores, descending
-    tp = np.cumsum(np.bincount(group, weights=ws * ys))
-    fp = np.cumsum(np.bincount(group, weights=ws * (1 - ys)))
+    pos, neg = _tied_groups(y, p, sample_weight, descending=True)
+    tp, fp = np.cumsum(pos), np.cumsum(neg)
     if tp.size == 0 or tp[-1] <= 0:
         return float("nan")
     with np.errstate(invalid="ignore", divide="ignore"):
