@@ -227,8 +227,8 @@ def markdown(bench: BenchmarkResult, notes: Sequence[str] = ()) -> str:
         "",
         *(
             [
-                "What would be registered, the composite (per head the scorer with the best validation "
-                "metric: "
+                "What would be registered, the composite (per head the network, or a baseline that beat it "
+                "on the validation window beyond noise: "
                 + bench.composite_sources()
                 + "), against the best baseline on the same test rows:",
                 "",

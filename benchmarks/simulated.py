@@ -142,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         *verdicts(result.results, args.n_boot),
         "",
-        "The registered model, the composite (per head the scorer with the best validation metric: "
+        "The registered model, the composite (per head the network, or a baseline that beat it on the "
+        "validation window beyond noise: "
         + ", ".join(f"{h} `{s}`" for h, s in result.composite_sources.items())
         + "), against the best baseline on the same test rows:",
         "",
