@@ -144,6 +144,17 @@ class Vocabulary:
         return cls(tokens=tokens, counts=kept)
 
 
+def translation(source: Vocabulary, target: Vocabulary, name: str) -> np.ndarray:
+    """(source.size(name),) the index in `target` of each index of `source` for one field: padding and OOV
+    keep theirs, a token `target` does not hold becomes OOV. Tokens of one vocabulary read by a model of
+    another (a registered model refitted on a wider vocabulary, scored on a build's rows) go through it."""
+    out = np.full(source.size(name), OOV, dtype=np.int64)
+    out[PAD] = PAD
+    if source.tokens[name]:
+        out[FIRST:] = target.lookup(name, pd.Series(source.tokens[name], dtype=object))
+    return out
+
+
 def _index(tokens: pd.Index, values: pd.Series) -> np.ndarray:
     """Index of each value in `tokens` (+FIRST), OOV where absent."""
     codes = tokens.get_indexer_for(pd.Index(values, dtype=object))

@@ -19,6 +19,7 @@ from mlflow.pyfunc import PythonModel
 from features.encoder import encode
 from features.labels import cart_abandon_hours
 from features.schema import ACTIONS, STAGES
+from features.vocab import Vocabulary, translation
 from predictor.interface import Predictions
 from predictor.predictor import Predictor
 
@@ -44,10 +45,28 @@ class JourneyPyfunc(PythonModel):
     def load_from(self, path: Path) -> None:
         self.predictor = Predictor.load(path)
 
-    def predict_features(self, data: Any, k: int = 50) -> Predictions:
+    def predict_features(self, data: Any, k: int = 50, vocab: Vocabulary | None = None) -> Predictions:
         """Predictions on a features split (`training.data.FeatureData`: padded tokens and aggregates),
-        what the promotion gate and `journey evaluate` score."""
-        return self.predictor.score_arrays(data.tokens, data.aggregates, k, getattr(data, "history", None))
+        what the promotion gate and `journey evaluate` score.
+
+        Args:
+            vocab: the vocabulary the split's tokens are in (its build's). When it is not the model's (a
+                model refitted on a wider vocabulary: `training.refit`), items and categories are
+                translated to the model's indices, and the recommended items back to the split's (an item
+                the split's vocabulary does not hold comes back as OOV: it cannot be relevant there).
+        """
+        tokens, history = data.tokens, getattr(data, "history", None)
+        own = self.predictor.vocab
+        if vocab is None or all(vocab.tokens[f] == own.tokens[f] for f in ("item_id", "category")):
+            return self.predictor.score_arrays(tokens, data.aggregates, k, history)
+        item, category = translation(vocab, own, "item_id"), translation(vocab, own, "category")
+        tokens = {**tokens, "item_id": item[tokens["item_id"]], "category": category[tokens["category"]]}
+        if history and "item" in history:
+            history = {**history, "item": item[history["item"]]}
+        pred = self.predictor.score_arrays(tokens, data.aggregates, k, history)
+        if pred.top_items is not None:
+            pred.top_items = translation(own, vocab, "item_id")[pred.top_items]
+        return pred
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: Mapping[str, Any] | None = None

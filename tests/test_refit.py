@@ -119,3 +119,52 @@ def test_the_registered_model_can_recommend_an_item_launched_after_selection(
     top = unit.score_arrays(test.tokens, test.aggregates, 10, test.history).top_items
     assert top is not None
     assert (top[bought] == late).any()
+
+
+def test_a_refitted_model_is_judged_in_its_builds_vocabulary_and_by_its_pre_refit_figures(
+    late_world: tuple[Path, FeatureBuild], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`journey train` with the refit registers a model of the wider vocabulary; `journey promote` on the
+    run's own build takes the run's figures from before the refit (the refitted model has seen the test
+    rows), and scoring a build's rows translates its tokens (`predict_features(vocab=...)`)."""
+    import mlflow
+
+    from predictor.registry import MODEL_NAME, configure, load_registered
+    from training.promote import promote, refitted_run_metrics
+    from training.train import train
+
+    _, build = late_world
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    configure("refit-test")
+    config = TrainConfig(
+        features=str(build.path),
+        model={"d_model": 8, "n_layers": 1},
+        fit={"max_epochs": 1, "batch_size": 256},
+        baselines={"enabled": False},
+        refit={"enabled": True, "epochs": 1},
+        n_boot=0,
+        journey_map={"enabled": False},
+    )
+    result = train(config, progress=False, force_register=True)
+    assert result.version is not None
+    run = mlflow.MlflowClient().get_run(result.run_id)
+    assert "refit" in run.data.tags
+    pyfunc = load_registered(MODEL_NAME, version=result.version).pyfunc
+    assert "LATE-ITEM9" in pyfunc.predictor.vocab.tokens["item_id"]
+
+    test = build.split("test")
+    pred = pyfunc.predict_features(test, k=10, vocab=build.vocab)
+    assert pred.top_items is not None
+    assert pred.top_items.max() < build.vocab.size("item_id")  # in the build's indices
+    # The same items as the model's own ranking, by name.
+    own = pyfunc.predictor.items
+    mine = build.vocab.tokens["item_id"]
+    named = [[mine[i - FIRST] for i in row if i >= FIRST] for row in pred.top_items[:5]]
+    assert all(len(row) > 0 for row in named)
+    assert all(name in set(own) for row in named for name in row)
+
+    metrics = ("stage/macro_f1", "purchase_5d/roc_auc")
+    logged = refitted_run_metrics(mlflow.MlflowClient(), result.version, build, test, metrics)
+    assert logged == {m: run.data.metrics[f"sequence/{m}"] for m in metrics}
+    decision = promote(build.path, result.version, metrics=metrics, force=True)
+    assert decision.candidate_metrics == logged

@@ -112,10 +112,11 @@ class FitSettings(Section):
 class RefitSettings(Section):
     """The refit before registration (`training.refit`): the vocabulary up to the last labelled cutoff and
     the selected model fine-tuned on every labelled row, so that items seen before that cutoff can be
-    recommended. Off by default for now: a refitted model has seen its build's test rows and speaks a wider
-    vocabulary, and `journey promote` and `journey evaluate` still re-score a registered model on a build's
-    test window in that build's vocabulary; until they map vocabularies and use the run's pre-refit figures,
-    a refitted model would be judged on rows it was fitted on."""
+    recommended. A refitted model has seen its build's test rows and speaks a wider vocabulary: `journey
+    promote` then takes its run's figures from before the refit on that build
+    (`training.promote.refitted_run_metrics`), and scoring a build's rows translates the build's tokens
+    (`JourneyPyfunc.predict_features(vocab=...)`). Off by default until its gain on a later window is
+    measured: it costs a second feature build and `epochs` more epochs on every labelled row."""
 
     enabled: bool = False
     epochs: int = Field(default=1, ge=1)

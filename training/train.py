@@ -380,9 +380,10 @@ class RegisteredScorer:
 
     name: str
     pyfunc: Any
+    vocab: Any = None  # the build's vocabulary (`predict_features` translates a refitted model's)
 
     def predict(self, data: FeatureData, k: int = 50) -> Predictions:
-        return self.pyfunc.predict_features(data, k=k)
+        return self.pyfunc.predict_features(data, k=k, vocab=self.vocab)
 
 
 def evaluate_registered(
@@ -404,7 +405,7 @@ def evaluate_registered(
     build = FeatureBuild.open(features)
     configure()
     by = {"version": model} if model.isdigit() else {"alias": model}
-    scorer = RegisteredScorer(f"registered_{model}", load_registered(MODEL_NAME, **by).pyfunc)
+    scorer = RegisteredScorer(f"registered_{model}", load_registered(MODEL_NAME, **by).pyfunc, build.vocab)
     scorers: dict[str, Any] = {scorer.name: scorer}
     scorers.update(fit_baselines(config, build.split("train"), build.split("valid"), {}))
     return evaluate_scorers(scorers, build, build.split("test"), config)
