@@ -151,9 +151,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "",
         "What was tried for the recommendations (`benchmarks/repeat_ablation.py`, the sequence model alone "
         "on 30,000 training rows, 3 epochs, one seed): initialising the repeat head like the own-history "
-        "baseline (`prior`) and doubling its scale (`scale8`); see the issue notes for the figures. The "
-        "repeat head only sees the last `max_len` events, where own_history and item_knn see the same window "
-        "but weigh it with fixed rules that suit this simulator's repeat behaviour.",
+        "baseline (`prior`) and doubling its scale (`scale8`); see the issue notes for the figures. The item "
+        "head also scores the customer's whole-history item profile (`features/history.py`, "
+        "`predictor/profile.py`) beside the last `max_len` events; own_history, TIFU-KNN and item_knn, "
+        "fixed rules that suit this simulator's repeat behaviour, stay ahead in the table above.",
     ]
     if encoder_rows:
         lines += ["", "Encoder choice (same data, same budget, no baselines):", ""]
@@ -197,6 +198,7 @@ def verdicts(results: list, n_boot: int, model: str = "sequence") -> list[str]:
 
     by_name = {r.name: r for r in results}
     seq = by_name.get(model)
+    who = "sequence model" if model == "sequence" else model
     lines = []
     for task, metric in TASKS:
         baselines = {n: r for n, r in by_name.items() if n not in MODELS and metric in r.metrics}
@@ -213,19 +215,17 @@ def verdicts(results: list, n_boot: int, model: str = "sequence") -> list[str]:
         if paired is not None:
             text += f", paired 95 % interval [{paired.lo:+.4f}, {paired.hi:+.4f}]): "
             if paired.lo > 0:
-                text += "**the sequence model beats the best baseline.**"
+                text += f"**the {who} beats the best baseline.**"
             elif a > b:
                 text += "ahead on the point estimate, but **not a clear win**."
             else:
-                text += "**the sequence model does not beat the best baseline yet.**"
+                text += f"**the {who} does not beat the best baseline yet.**"
         else:
             exact = "true_value" in metric
             text += (
                 "; exact value from the simulator's truth, no interval): " if exact else "; no interval): "
             )
-            text += (
-                "**ahead of the best baseline.**" if a > b else "**the sequence model does not beat it yet.**"
-            )
+            text += "**ahead of the best baseline.**" if a > b else f"**the {who} does not beat it yet.**"
         lines.append(text)
     return lines
 
