@@ -13,6 +13,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 # The journey map's browser test opens the page in headless Chromium (it fails, not skips, without one).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# BG/NBD (pymc-marketing) compiles PyTensor's graphs with a C++ compiler; without one a fit takes minutes.
+command -v g++ >/dev/null 2>&1 || missing+=(g++)
 
 if ((${#missing[@]} == 0)); then
   exit 0
