@@ -87,7 +87,7 @@ def label_agreement(shop: Path, features: Path) -> LabelAgreement:
     """Joins a features build made from a simulated shop to the shop's latent stages.
 
     The latent stage of a row is the stage at the start of its cutoff's day, as in
-    `training.evaluate.load_sim_truth`; here lapsed stays apart, for the confusion matrix.
+    `training.sim_truth.load_sim_truth`; here lapsed stays apart, for the confusion matrix.
     """
     import pyarrow.dataset as ds
     import pyarrow.parquet as pq
@@ -156,9 +156,9 @@ def fit_and_score(
     from training.baselines import all_baselines
     from training.config import TrainConfig
     from training.data import FeatureBuild
-    from training.evaluate import load_sim_truth
     from training.metrics import macro_f1
     from training.sequence import SequenceScorer, model_config_for
+    from training.sim_truth import load_sim_truth
     from training.train import evaluate_scorers
 
     config = TrainConfig(features=str(features), shop=str(shop), model=model, fit=fit, ks=(10,),

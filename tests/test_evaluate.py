@@ -21,9 +21,10 @@ from reports.plots import (
     plot_reliability,
 )
 from training.data import FeatureData
-from training.evaluate import SimTruth, evaluate, load_sim_truth
+from training.evaluate import evaluate
 from training.interface import Predictions
 from training.results import EvaluationResult, compare, is_valid_metric_name, markdown_table, results_table
+from training.sim_truth import SimTruth, load_sim_truth
 
 A = {a: i for i, a in enumerate(ACTIONS)}
 WELCOME, BROWSE, CART = A["welcome_series"], A["browse_abandonment"], A["cart_abandonment"]

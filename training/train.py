@@ -37,13 +37,14 @@ from training.budget import threads, use_threads
 from training.composite import SERVED, CompositeScorer, choose_heads, log_composite
 from training.config import BaselineSettings, TrainConfig
 from training.data import FeatureBuild, FeatureData
-from training.evaluate import evaluate, load_sim_truth
+from training.evaluate import evaluate
 from training.heads import untrained_heads
 from training.interface import Predictions, Scorer
 from training.refit import refit_for_registration
 from training.registry import GateConfig, check_gate, gate_metrics_for, log_scorer
 from training.results import EvaluationResult, markdown_table, results_table
 from training.sequence import SequenceScorer, model_config_for
+from training.sim_truth import load_sim_truth
 
 log = logging.getLogger(__name__)
 
