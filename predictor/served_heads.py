@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from features.encoder import AGGREGATE_NAMES
+
 _EPS = 1e-6
 
 
@@ -84,8 +86,6 @@ def rfm_inputs(aggregates: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     counts are capped at 365 by the encoder (`NEVER_DAYS`), so a customer older than a year has T = 365.
     A customer who never bought has frequency 0: the model has no state for "not yet a buyer".
     """
-    from features.encoder import AGGREGATE_NAMES
-
     agg = np.asarray(aggregates, dtype=np.float64)
     frequency = np.maximum(agg[:, AGGREGATE_NAMES.index("n_purchase_days")] - 1.0, 0.0)
     age = np.maximum(agg[:, AGGREGATE_NAMES.index("tenure_days")], 0.0)

@@ -28,23 +28,15 @@ import pytest
 
 from features.schema import STAGES
 from predictor.registry import CHALLENGER, CHAMPION, MODEL_NAME
+from training.baselines import BaselineConfig
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 EXPLORE, RETRAIN, REVIEW = "01-explore-journeys", "02-retrain-and-register", "03-review-and-promote"
 # A kernelspec of our own, found first through JUPYTER_PATH: the kernel runs this interpreter (the
 # project's venv) whatever kernels the machine has registered, and a fresh clone needs no install step.
 KERNEL = "journey-engine-tests"
-SCORERS = {
-    "sequence",
-    "composite",
-    "popularity",
-    "own_history",
-    "item_knn",
-    "tifu_knn",
-    "lightgbm_aggregates",
-    "logistic_rf",
-    "bg_nbd",
-}
+# The network, the composite that would be registered, and every default baseline (one list: the config's).
+SCORERS = {"sequence", "composite", *BaselineConfig().baselines}
 # Scorers that predict no items (propensities, and the stage for LightGBM).
 NOT_RECOMMENDERS = {"lightgbm_aggregates", "logistic_rf", "bg_nbd"}
 SMALL_SHOP = {"n_customers": 1_500, "days": 120, "n_items": 300, "seed": 0}
